@@ -1,0 +1,34 @@
+"""Generative Inbetweening for ComfyUI: SVD forward from the start frame, backward from the end frame.
+
+ComfyUI calls `comfy_entrypoint`. Importing this package outside ComfyUI (tests,
+the `svd-inbetween` command) pulls in no ComfyUI module.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+
+def register_model_folder() -> None:
+    import os
+
+    import folder_paths
+
+    from .nodes.common import MODEL_FOLDER
+    if MODEL_FOLDER not in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(MODEL_FOLDER, os.path.join(folder_paths.models_dir, MODEL_FOLDER))
+    paths, _ = folder_paths.folder_names_and_paths[MODEL_FOLDER]
+    folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, {".safetensors"})
+
+
+async def comfy_entrypoint():
+    from comfy_api.latest import ComfyExtension
+
+    from .nodes import node_list
+
+    register_model_folder()
+
+    class SVDInbetweenExtension(ComfyExtension):
+        async def get_node_list(self):
+            return node_list()
+
+    return SVDInbetweenExtension()

@@ -1,0 +1,81 @@
+"""Finding the 16 temporal self-attentions of ComfyUI's SVD UNet and patching them."""
+from __future__ import annotations
+
+import re
+
+import torch
+
+from .proxy import TemporalAttentionProxy
+
+PREFIX = "diffusion_model."
+TEMPORAL_ATTN1 = re.compile(r"^(input_blocks|middle_block|output_blocks)\.[\d.]*time_stack\.\d+\.attn1$")
+SVD_LAYER_COUNT = 16
+
+MODES = ("gi", "gi_no_finetune", "trf")
+MODE_HELP = {
+    "gi": "paper: rotated forward maps in all 16 temporal attn1 layers + fine-tuned W_v'/W_o'",
+    "gi_no_finetune": "paper ablation 'w/o FT': rotated maps in the up (output) blocks only, stock weights",
+    "trf": "baseline: plain fusion of forward and time-reversed passes, no rotation",
+}
+
+
+class NotSVDModelError(ValueError):
+    pass
+
+
+def temporal_attn1_paths(model_patcher) -> list[str]:
+    """Module paths (relative to diffusion_model) of the temporal attn1 layers, in model order."""
+    unet = model_patcher.model.diffusion_model
+    paths = [name for name, _ in unet.named_modules() if TEMPORAL_ATTN1.match(name)]
+    if len(paths) != SVD_LAYER_COUNT:
+        raise NotSVDModelError(
+            f"expected {SVD_LAYER_COUNT} temporal self-attention layers (time_stack.*.attn1) in an SVD UNet, "
+            f"found {len(paths)}; connect an SVD img2vid model (e.g. from ImageOnlyCheckpointLoader)")
+    return paths
+
+
+def original_module(model_patcher, path: str):
+    """The unpatched CrossAttention at `path`, whatever patches are currently applied."""
+    mod = model_patcher.get_model_object(PREFIX + path)
+    return mod.original if isinstance(mod, TemporalAttentionProxy) else mod
+
+
+def proxies(model_patcher) -> dict[str, TemporalAttentionProxy | None]:
+    """The proxy this patcher installs on each layer (None where it has none)."""
+    out = {}
+    for path in temporal_attn1_paths(model_patcher):
+        obj = model_patcher.object_patches.get(PREFIX + path)
+        out[path] = obj if isinstance(obj, TemporalAttentionProxy) else None
+    return out
+
+
+def rotate_layers(paths: list[str], mode: str) -> frozenset[str]:
+    if mode == "gi":
+        return frozenset(paths)
+    if mode == "gi_no_finetune":
+        return frozenset(p for p in paths if p.startswith("output_blocks."))
+    if mode == "trf":
+        return frozenset()
+    raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+
+
+def with_proxies(model_patcher, backward: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
+    """A clone whose 16 temporal attn1 layers carry proxies.
+
+    With `backward` (path -> (W_v', W_o') absolute tensors) the proxies hold those
+    weights; without it, layers that already carry a proxy keep it and the rest
+    get a weightless proxy.
+    """
+    m = model_patcher.clone()
+    existing = proxies(m)
+    for path, proxy in existing.items():
+        if backward is None and proxy is not None:
+            continue
+        wv, wo = backward[path] if backward is not None else (None, None)
+        m.add_object_patch(PREFIX + path, TemporalAttentionProxy(original_module(m, path), path, wv, wo))
+    return m
+
+
+def has_backward_weights(model_patcher) -> bool:
+    found = proxies(model_patcher)
+    return all(p is not None and p.has_backward_weights for p in found.values())

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import comfy.samplers
+from comfy_api.latest import io
+
+from ..attention_patch.layers import MODE_HELP, MODES
+from ..samplers.execution import EXECUTIONS
+from ..samplers.guidance import GUIDANCE
+from ..samplers.recurrent_euler import recurrent_euler_sampler
+from ..samplers.run import make_guider, sample_inbetween
+from ..samplers.validation import InbetweenInputError, fail
+from .common import CATEGORY
+
+MODE_TOOLTIP = "; ".join(f"{k}: {v}" for k, v in MODE_HELP.items())
+
+
+def _conds_inputs():
+    return [
+        io.Conditioning.Input("positive_start", tooltip="Start-frame conditioning (forward pass)."),
+        io.Conditioning.Input("negative_start", tooltip="Unconditional of the forward pass."),
+        io.Conditioning.Input("positive_end", tooltip="End-frame conditioning (backward pass)."),
+        io.Conditioning.Input("negative_end", tooltip="Unconditional of the backward pass."),
+    ]
+
+
+def _guidance_inputs():
+    return [
+        io.Float.Input("cfg", default=2.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                       tooltip="Guidance scale of each direction. The paper's 1..3 per-frame ramp averaged "
+                               "with its flip is a constant 2.0."),
+        io.Combo.Input("mode", options=list(MODES), default="gi", tooltip=MODE_TOOLTIP),
+        io.Float.Input("forward_weight", default=0.5, min=0.0, max=1.0, step=0.05,
+                       tooltip="Weight of the forward prediction in the fusion; 1.0 = plain SVD from the start frame."),
+        io.Combo.Input("execution", options=list(EXECUTIONS), default="auto",
+                       tooltip="batched: one UNet call per step for both directions, no stored maps (fast); "
+                               "sequential: two calls, maps held in between (less memory); auto: batched if it fits."),
+        io.Combo.Input("guidance", options=list(GUIDANCE), default="constant", optional=True,
+                       tooltip="constant: cfg on every frame; linear: per-frame ramp min_cfg -> cfg away from "
+                               "each direction's keyframe (SVD's VideoLinearCFGGuidance, per direction)."),
+        io.Float.Input("min_cfg", default=1.0, min=0.0, max=100.0, step=0.1, optional=True,
+                       tooltip="Guidance at each direction's keyframe when guidance is linear."),
+    ]
+
+
+def _recurrence_inputs():
+    return [
+        io.Int.Input("recurrence", default=5, min=0, max=100,
+                     tooltip="Extra passes per early step after re-noising (paper: 5). 0 = plain Euler."),
+        io.Float.Input("recurrence_ratio", default=0.5, min=0.0, max=1.0, step=0.05,
+                       tooltip="Fraction of the steps, from the start, that get the extra passes (paper: 0.5)."),
+    ]
+
+
+class SVDInbetweenSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        g = {i.id: i for i in _guidance_inputs()}
+        return io.Schema(
+            node_id="SVDInbetweenSampler",
+            display_name="SVD Inbetween Sampler",
+            category=CATEGORY,
+            description="Generative Inbetweening: SVD runs forward from the start frame and backward from the end "
+                        "frame; the predictions are fused every step (Euler, with recurrence).",
+            inputs=[
+                io.Model.Input("model", tooltip="SVD model; for mode gi, from SVDInbetweenLoadBackwardWeights."),
+                *_conds_inputs(),
+                io.Latent.Input("latent_image", tooltip="Video latent from SVDInbetweenConditioning."),
+                io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                             tooltip="Seed of the initial and the recurrence noise."),
+                io.Int.Input("steps", default=50, min=1, max=10000, tooltip="Euler steps (paper: 50)."),
+                g["cfg"], g["mode"], *_recurrence_inputs(), g["forward_weight"], g["execution"],
+                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="karras",
+                               optional=True, tooltip="Sigma schedule; SVD uses karras."),
+                g["guidance"], g["min_cfg"],
+            ],
+            outputs=[io.Latent.Output("latent", tooltip="The sampled video latent; decode with VAEDecode.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive_start, negative_start, positive_end, negative_end, latent_image, seed, steps,
+                cfg, mode, recurrence, recurrence_ratio, forward_weight, execution, scheduler="karras",
+                guidance="constant", min_cfg=1.0) -> io.NodeOutput:
+        return io.NodeOutput(sample_inbetween(
+            "SVDInbetweenSampler", model, positive_start, negative_start, positive_end, negative_end, latent_image,
+            seed, steps, cfg, mode, recurrence, recurrence_ratio, forward_weight, execution, scheduler, guidance,
+            min_cfg))
+
+
+class SVDInbetweenGuider(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SVDInbetweenGuider",
+            display_name="SVD Inbetween Guider",
+            category=CATEGORY,
+            description="The dual-direction guider as a GUIDER for SamplerCustomAdvanced.",
+            inputs=[io.Model.Input("model", tooltip="SVD model; for mode gi, from SVDInbetweenLoadBackwardWeights."),
+                    *_conds_inputs(), *_guidance_inputs()],
+            outputs=[io.Guider.Output("guider", tooltip="Use with SamplerCustomAdvanced and SVDInbetweenRecurrentEuler.")],
+        )
+
+    @classmethod
+    def execute(cls, model, positive_start, negative_start, positive_end, negative_end, cfg, mode, forward_weight,
+                execution, guidance="constant", min_cfg=1.0) -> io.NodeOutput:
+        return io.NodeOutput(make_guider("SVDInbetweenGuider", model, positive_start, negative_start, positive_end,
+                                         negative_end, cfg, mode, forward_weight, execution, guidance, min_cfg))
+
+
+class SVDInbetweenRecurrentEuler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SVDInbetweenRecurrentEuler",
+            display_name="SVD Inbetween Recurrent Euler",
+            category=CATEGORY,
+            description="Euler sampler with the paper's recurrence (noise re-injection) as a SAMPLER.",
+            inputs=_recurrence_inputs(),
+            outputs=[io.Sampler.Output("sampler", tooltip="Use with SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, recurrence, recurrence_ratio) -> io.NodeOutput:
+        try:
+            return io.NodeOutput(recurrent_euler_sampler(recurrence, recurrence_ratio))
+        except ValueError as e:
+            fail("SVDInbetweenRecurrentEuler", "recurrence", str(e))
+
+
+__all__ = ["SVDInbetweenSampler", "SVDInbetweenGuider", "SVDInbetweenRecurrentEuler", "InbetweenInputError"]

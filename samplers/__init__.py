@@ -1,0 +1,1 @@
+"""Dual-direction guidance and the recurrent Euler sampler (needs ComfyUI importable)."""

@@ -1,0 +1,64 @@
+"""Preparing the two keyframes as SVD conditioning (plain torch + ComfyUI's encoders)."""
+from __future__ import annotations
+
+import torch
+
+RESIZE_MODES = ("crop", "stretch", "pad")
+# Extra key in our cond dicts so the sampler can check frame counts; SVD ignores it.
+FRAMES_KEY = "svd_inbetween_frames"
+
+
+def fit_image(image: torch.Tensor, width: int, height: int, mode: str) -> torch.Tensor:
+    """[B, H, W, C] in [0, 1] -> [B, height, width, 3], resampled with ComfyUI's common_upscale.
+
+    crop: scale to cover, centre-crop (what ComfyUI's SVD_img2vid_Conditioning does);
+    stretch: plain resize (the research code's behaviour; distorts other aspect ratios);
+    pad: scale to fit, pad with mid grey.
+    """
+    import comfy.utils
+
+    img = image[..., :3].movedim(-1, 1)
+    if mode == "crop":
+        return comfy.utils.common_upscale(img, width, height, "bilinear", "center").movedim(1, -1)
+    if mode == "stretch":
+        return comfy.utils.common_upscale(img, width, height, "bilinear", "disabled").movedim(1, -1)
+    if mode == "pad":
+        h, w = img.shape[-2:]
+        scale = min(width / w, height / h)
+        nw, nh = max(1, min(width, round(w * scale))), max(1, min(height, round(h * scale)))
+        inner = comfy.utils.common_upscale(img, nw, nh, "bilinear", "disabled")
+        out = torch.full((img.shape[0], 3, height, width), 0.5, dtype=img.dtype, device=img.device)
+        top, left = (height - nh) // 2, (width - nw) // 2
+        out[:, :, top:top + nh, left:left + nw] = inner
+        return out.movedim(1, -1)
+    raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
+
+
+def augmentation_noise(shape, seed: int) -> torch.Tensor:
+    """One noise tensor, shared by both keyframes as in the authors' pipeline."""
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    return torch.randn(shape, generator=g)
+
+
+def augment(pixels: torch.Tensor, level: float, noise: torch.Tensor) -> torch.Tensor:
+    """Noise augmentation in SVD's [-1, 1] pixel space: x + level * eps.
+
+    Pixels here are [0, 1] (the VAE maps them to [-1, 1]), so the added noise is
+    level / 2 * eps. ComfyUI's stock node adds level * eps in [0, 1] space, twice as
+    strong relative to the image, for the same augmentation id.
+    """
+    if level <= 0:
+        return pixels
+    return pixels + noise.to(pixels) * (level / 2.0)
+
+
+def svd_conds(clip_vision, vae, pixels: torch.Tensor, encode_pixels: torch.Tensor, motion_bucket_id: int, fps: int,
+              augmentation_level: float, frames: int):
+    """positive, negative cond lists for one keyframe, laid out like SVD_img2vid_Conditioning's."""
+    pooled = clip_vision.encode_image(pixels).image_embeds.unsqueeze(0)
+    t = vae.encode(encode_pixels)
+    extra = {"motion_bucket_id": motion_bucket_id, "fps": fps, "augmentation_level": augmentation_level,
+             FRAMES_KEY: frames}
+    positive = [[pooled, dict(extra, concat_latent_image=t)]]
+    negative = [[torch.zeros_like(pooled), dict(extra, concat_latent_image=torch.zeros_like(t))]]
+    return positive, negative

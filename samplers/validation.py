@@ -1,0 +1,78 @@
+"""Input checks that run before any sampling, with messages naming node and input."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..attention_patch.layers import NotSVDModelError, has_backward_weights, temporal_attn1_paths
+from .keyframes import FRAMES_KEY
+
+MIN_FRAMES = 3
+
+
+class InbetweenInputError(ValueError):
+    pass
+
+
+def fail(node: str, name: str, message: str):
+    raise InbetweenInputError(f"{node}: input '{name}': {message}")
+
+
+def check_model(node: str, model, mode: str) -> None:
+    import comfy.model_base
+    if not isinstance(getattr(model, "model", None), comfy.model_base.SVD_img2vid):
+        fail(node, "model", f"expected a Stable Video Diffusion img2vid model, got "
+             f"{type(getattr(model, 'model', model)).__name__}; load SVD with ImageOnlyCheckpointLoader")
+    try:
+        temporal_attn1_paths(model)
+    except NotSVDModelError as e:
+        fail(node, "model", str(e))
+    if mode == "gi" and not has_backward_weights(model):
+        fail(node, "model", "mode 'gi' needs backward-motion weights: put SVDInbetweenLoadBackwardWeights "
+             "before this node, or pick mode 'gi_no_finetune' or 'trf'")
+
+
+def _first(node: str, name: str, cond):
+    if not cond or not isinstance(cond, list) or len(cond[0]) != 2:
+        fail(node, name, "empty or malformed CONDITIONING; use SVDInbetweenConditioning or SVD_img2vid_Conditioning")
+    tensor, extra = cond[0]
+    if "concat_latent_image" not in extra:
+        fail(node, name, "not SVD conditioning (no concat_latent_image); use SVDInbetweenConditioning "
+             "or SVD_img2vid_Conditioning")
+    for t in (tensor, extra["concat_latent_image"]):
+        if torch.is_tensor(t) and not torch.isfinite(t).all():
+            fail(node, name, "contains NaN or Inf")
+    return extra
+
+
+def check_inputs(node: str, conds: dict[str, list], latent: torch.Tensor | None, steps: int | None = None,
+                 cfg: float | None = None) -> None:
+    """conds: input name -> CONDITIONING. Checks sizes, frame counts, NaNs and ranges."""
+    extras = {name: _first(node, name, c) for name, c in conds.items()}
+    names = list(extras)
+    ref_name = names[0]
+    ref = extras[ref_name]["concat_latent_image"].shape[-2:]
+    for name in names[1:]:
+        shape = extras[name]["concat_latent_image"].shape[-2:]
+        if shape != ref:
+            fail(node, name, f"conditioning is {shape[-1] * 8}x{shape[-2] * 8} but {ref_name} is "
+                 f"{ref[-1] * 8}x{ref[-2] * 8}; encode both keyframes at the same width and height")
+    frames = {name: e[FRAMES_KEY] for name, e in extras.items() if FRAMES_KEY in e}
+    if len(set(frames.values())) > 1:
+        fail(node, names[-1], f"conditionings were made for different frame counts {frames}; use one video_frames")
+    if latent is not None:
+        if not torch.isfinite(latent).all():
+            fail(node, "latent_image", "contains NaN or Inf")
+        if latent.shape[0] < MIN_FRAMES:
+            fail(node, "latent_image", f"has {latent.shape[0]} frames; inbetweening needs at least {MIN_FRAMES}")
+        if latent.shape[-2:] != ref:
+            fail(node, "latent_image", f"is {latent.shape[-1] * 8}x{latent.shape[-2] * 8} but the conditioning is "
+                 f"{ref[-1] * 8}x{ref[-2] * 8}; use the latent from the same conditioning node")
+        for name, n in frames.items():
+            if n != latent.shape[0]:
+                fail(node, "latent_image", f"has {latent.shape[0]} frames but {name} was made for {n}")
+    if steps is not None and steps < 1:
+        fail(node, "steps", f"must be >= 1, got {steps}")
+    if cfg is not None and not math.isfinite(cfg):
+        fail(node, "cfg", "must be a finite number")

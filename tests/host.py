@@ -1,0 +1,34 @@
+"""Bringing up real ComfyUI in-process for tests (COMFYUI_PATH, default ~/ComfyUI)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMFYUI_PATH = os.path.expanduser(os.environ.get("COMFYUI_PATH", "~/ComfyUI"))
+
+
+def comfyui_available() -> bool:
+    return os.path.isfile(os.path.join(COMFYUI_PATH, "comfy", "model_patcher.py"))
+
+
+def import_pack():
+    """The repo root as package `svd_inbetween`, whatever the checkout folder is called."""
+    if "svd_inbetween" in sys.modules:
+        return sys.modules["svd_inbetween"]
+    spec = importlib.util.spec_from_file_location("svd_inbetween", os.path.join(REPO, "__init__.py"),
+                                                  submodule_search_locations=[REPO])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["svd_inbetween"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def setup_comfy() -> None:
+    """Make ComfyUI importable and CPU-only (must run before comfy.model_management is imported)."""
+    if COMFYUI_PATH not in sys.path:
+        sys.path.insert(0, COMFYUI_PATH)
+    import comfy.cli_args
+    comfy.cli_args.args.cpu = True
+    import utils.extra_config  # noqa: F401  (before `nodes`, see COMFYUI_NOTES)

@@ -1,0 +1,1 @@
+"""Backward-motion weights: the pack's compact format, loading and validation."""
