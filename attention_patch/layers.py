@@ -5,7 +5,7 @@ import re
 
 import torch
 
-from .proxy import TemporalAttentionProxy
+from .proxy import TemporalAttentionProxy, is_proxy
 
 PREFIX = "diffusion_model."
 TEMPORAL_ATTN1 = re.compile(r"^(input_blocks|middle_block|output_blocks)\.[\d.]*time_stack\.\d+\.attn1$")
@@ -37,7 +37,7 @@ def temporal_attn1_paths(model_patcher) -> list[str]:
 def original_module(model_patcher, path: str):
     """The unpatched CrossAttention at `path`, whatever patches are currently applied."""
     mod = model_patcher.get_model_object(PREFIX + path)
-    return mod.original if isinstance(mod, TemporalAttentionProxy) else mod
+    return mod.original if is_proxy(mod) else mod
 
 
 def proxies(model_patcher) -> dict[str, TemporalAttentionProxy | None]:
@@ -45,7 +45,7 @@ def proxies(model_patcher) -> dict[str, TemporalAttentionProxy | None]:
     out = {}
     for path in temporal_attn1_paths(model_patcher):
         obj = model_patcher.object_patches.get(PREFIX + path)
-        out[path] = obj if isinstance(obj, TemporalAttentionProxy) else None
+        out[path] = obj if is_proxy(obj) else None
     return out
 
 

@@ -21,6 +21,10 @@ class TemporalAttentionProxy(nn.Module):
     construction; per-run state lives in the `InbetweenRun`.
     """
 
+    # Marker checked instead of isinstance: ComfyUI may load this package under another
+    # module name than tests or the CLI do, giving two copies of this class.
+    is_svd_inbetween_proxy = True
+
     def __init__(self, original: nn.Module, layer: str,
                  backward_v: torch.Tensor | None = None,
                  backward_out: torch.Tensor | None = None):
@@ -96,3 +100,7 @@ def _linear_like(template: nn.Module, weight: torch.Tensor, bias) -> nn.Module:
     if bias is not None:
         lin.bias = nn.Parameter(bias.detach().clone(), requires_grad=False)
     return lin
+
+
+def is_proxy(obj) -> bool:
+    return getattr(obj, "is_svd_inbetween_proxy", False) is True

@@ -26,7 +26,7 @@ class SVDInbetweenLoadBackwardWeights(io.ComfyNode):
                                tooltip="1 = the weights as trained. Deltas are added times strength; absolute "
                                        "weights are blended W + strength * (W' - W)."),
             ],
-            outputs=[io.Model.Output("model", tooltip="The model carrying the backward weights.")],
+            outputs=[io.Model.Output("model_out", display_name="MODEL", tooltip="The model carrying the backward weights.")],
         )
 
     @classmethod

@@ -1,0 +1,99 @@
+"""Runs in a subprocess: a ComfySession over a temp base directory with tiny models.
+
+Usage: python comfy_job.py JOB.json  -> prints one JSON line (prefixed RESULT:) with what
+the job produced. Jobs:
+  workflows: run every shipped API workflow with the tiny models swapped in.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+from host import import_pack, setup_comfy  # noqa: E402
+
+TINY = dict(width=64, height=64, frames=5, steps=2, recurrence=1)
+
+
+def tiny_prompt(api: dict, weights_name: str) -> dict:
+    """A shipped API workflow with tiny models, tiny sizes and few steps."""
+    p = json.loads(json.dumps(api))
+    for node in p.values():
+        ct, inputs = node["class_type"], node["inputs"]
+        if ct == "ImageOnlyCheckpointLoader":
+            node["class_type"] = "SVDInbetweenTestTinyModels"
+            node["inputs"] = {"ckpt_name": "tiny"}
+        elif ct == "SVDInbetweenConditioning":
+            inputs.update(width=TINY["width"], height=TINY["height"], video_frames=TINY["frames"])
+        elif ct == "SVDInbetweenLoadBackwardWeights":
+            inputs["weights"] = weights_name
+        elif ct in ("SVDInbetweenSampler", "BasicScheduler"):
+            inputs["steps"] = TINY["steps"]
+        if ct in ("SVDInbetweenSampler", "SVDInbetweenRecurrentEuler"):
+            inputs["recurrence"] = TINY["recurrence"]
+    return p
+
+
+def prepare_base(base: str) -> str:
+    """Input images and a tiny backward-weights file in a ComfyUI base directory."""
+    import numpy as np
+    from PIL import Image
+    os.makedirs(os.path.join(base, "input"), exist_ok=True)
+    rng = np.random.default_rng(0)
+    for name in ("start.png", "end.png"):
+        Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(os.path.join(base, "input", name))
+    import tiny_models
+    from fixtures_host import perturbed_backward_weights
+    from svd_inbetween.weights.format import save_backward_weights
+    folder = os.path.join(base, "models", "svd_inbetween")
+    os.makedirs(folder, exist_ok=True)
+    name = "tiny_backward.safetensors"
+    save_backward_weights(os.path.join(folder, name), perturbed_backward_weights(tiny_models.tiny_svd_model()),
+                          "absolute", {"source": "test"})
+    return name
+
+
+def video_info(path: str) -> dict:
+    import av
+    with av.open(path) as c:
+        frames = [f for f in c.decode(video=0)]
+        return {"frames": len(frames), "width": frames[0].width, "height": frames[0].height}
+
+
+def job_workflows(job: dict) -> dict:
+    from svd_inbetween.cli.comfy_session import ComfySession
+    base = job["base"]
+    weights = prepare_base(base)
+    session = ComfySession(base_directory=base, cpu=True, extra_custom_nodes=(os.path.join(HERE, "tiny_pack"),))
+    results = {}
+    api_dir = os.path.join(REPO, "workflows", "api")
+    for fname in sorted(os.listdir(api_dir)):
+        with open(os.path.join(api_dir, fname)) as f:
+            prompt = tiny_prompt(json.load(f), weights)
+        res = session.run(prompt)
+        videos = []
+        for out in res.outputs.values():
+            for item in out.get("images", []):
+                path = os.path.join(base, "output", item.get("subfolder", ""), item["filename"])
+                videos.append(video_info(path))
+        latent = session.node_output("6")[0][0]["samples"]
+        results[fname] = {"videos": videos, "latent_shape": list(latent.shape),
+                          "latent_sum": float(latent.double().sum())}
+    return results
+
+
+def main() -> None:
+    with open(sys.argv[1]) as f:
+        job = json.load(f)
+    setup_comfy()
+    import_pack()
+    result = {"workflows": job_workflows}[job["kind"]](job)
+    print("RESULT:" + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

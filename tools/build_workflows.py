@@ -1,0 +1,97 @@
+"""Writes workflows/*.json (UI format) and workflows/api/*.json (API twins) from one definition.
+
+Run after changing a node's inputs:  python tools/build_workflows.py
+Widget order comes from the live node definitions in ComfyUI (COMFYUI_PATH).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.join(REPO, "tests"))
+
+from ui_format import api_to_ui  # noqa: E402
+
+CKPT = "svd_xt.safetensors"
+BACKWARD = "svd_inbetween_backward.safetensors"
+
+
+def conditioning(loader="1"):
+    return {"class_type": "SVDInbetweenConditioning", "inputs": {
+        "clip_vision": [loader, 1], "vae": [loader, 2], "start_image": ["2", 0], "end_image": ["3", 0],
+        "width": 1024, "height": 576, "video_frames": 25, "motion_bucket_id": 127, "fps": 7,
+        "augmentation_level": 0.02, "resize": "crop", "noise_seed": 0}}
+
+
+def common():
+    return {
+        "1": {"class_type": "ImageOnlyCheckpointLoader", "inputs": {"ckpt_name": CKPT}},
+        "2": {"class_type": "LoadImage", "inputs": {"image": "start.png"}, "_meta": {"title": "Start frame"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "end.png"}, "_meta": {"title": "End frame"}},
+        "4": {"class_type": "SVDInbetweenLoadBackwardWeights",
+              "inputs": {"model": ["1", 0], "weights": BACKWARD, "strength": 1.0}},
+        "5": conditioning(),
+    }
+
+
+def output_nodes(latent_from):
+    return {
+        "7": {"class_type": "VAEDecode", "inputs": {"samples": latent_from, "vae": ["1", 2]}},
+        "8": {"class_type": "CreateVideo", "inputs": {"images": ["7", 0], "fps": 7.0}},
+        "9": {"class_type": "SaveVideo", "inputs": {"video": ["8", 0], "filename_prefix": "video/svd_inbetween",
+                                                    "format": "auto", "codec": "auto"}},
+    }
+
+
+def full():
+    g = common()
+    g["6"] = {"class_type": "SVDInbetweenSampler", "inputs": {
+        "model": ["4", 0], "positive_start": ["5", 0], "negative_start": ["5", 1], "positive_end": ["5", 2],
+        "negative_end": ["5", 3], "latent_image": ["5", 4], "seed": 42, "steps": 50, "cfg": 2.0, "mode": "gi",
+        "recurrence": 5, "recurrence_ratio": 0.5, "forward_weight": 0.5, "execution": "auto",
+        "scheduler": "karras", "guidance": "constant", "min_cfg": 1.0}}
+    g.update(output_nodes(["6", 0]))
+    return g
+
+
+def custom_advanced():
+    g = common()
+    g["10"] = {"class_type": "SVDInbetweenGuider", "inputs": {
+        "model": ["4", 0], "positive_start": ["5", 0], "negative_start": ["5", 1], "positive_end": ["5", 2],
+        "negative_end": ["5", 3], "cfg": 2.0, "mode": "gi", "forward_weight": 0.5, "execution": "auto",
+        "guidance": "constant", "min_cfg": 1.0}}
+    g["11"] = {"class_type": "SVDInbetweenRecurrentEuler", "inputs": {"recurrence": 5, "recurrence_ratio": 0.5}}
+    g["12"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 42}}
+    g["13"] = {"class_type": "BasicScheduler", "inputs": {"model": ["4", 0], "scheduler": "karras", "steps": 50,
+                                                          "denoise": 1.0}}
+    g["6"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["12", 0], "guider": ["10", 0], "sampler": ["11", 0], "sigmas": ["13", 0], "latent_image": ["5", 4]}}
+    g.update(output_nodes(["6", 0]))
+    return g
+
+
+WORKFLOWS = {"svd_inbetween_full": full, "svd_inbetween_custom_advanced": custom_advanced}
+
+
+def main() -> None:
+    from svd_inbetween.cli.comfy_session import ComfySession
+    ComfySession(cpu=True)
+    import nodes
+    for name, build in WORKFLOWS.items():
+        api = build()
+        with open(os.path.join(REPO, "workflows", "api", f"{name}.json"), "w") as f:
+            json.dump(api, f, indent=2)
+            f.write("\n")
+        ui = api_to_ui(api, nodes.NODE_CLASS_MAPPINGS)
+        with open(os.path.join(REPO, "workflows", f"{name}.json"), "w") as f:
+            json.dump(ui, f, indent=1)
+            f.write("\n")
+        print("wrote", name)
+
+
+if __name__ == "__main__":
+    main()
