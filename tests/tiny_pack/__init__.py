@@ -3,7 +3,7 @@ order as ImageOnlyCheckpointLoader, so shipped workflows run with it swapped in.
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
 
 import tiny_models  # noqa: E402
 

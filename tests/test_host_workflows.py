@@ -1,0 +1,110 @@
+"""Host: shipped workflows, in-process (PromptExecutor in a subprocess) and through the real server."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from host import REPO
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+API_DIR = os.path.join(REPO, "workflows", "api")
+UI_DIR = os.path.join(REPO, "workflows")
+NODE_IDS = {"SVDInbetweenConditioning", "SVDInbetweenLoadBackwardWeights", "SVDInbetweenSampler",
+            "SVDInbetweenGuider", "SVDInbetweenRecurrentEuler"}
+
+
+def run_job(tmp_path, kind: str, **extra) -> dict:
+    job = {"kind": kind, "base": str(tmp_path), **extra}
+    path = tmp_path / "job.json"
+    path.write_text(json.dumps(job))
+    proc = subprocess.run([sys.executable, os.path.join(HERE, "comfy_job.py"), str(path)],
+                          capture_output=True, text=True, timeout=900)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT:")]
+    assert proc.returncode == 0 and lines, f"job failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return json.loads(lines[-1][len("RESULT:"):])
+
+
+def api_workflows() -> list[str]:
+    return sorted(f for f in os.listdir(API_DIR) if f.endswith(".json"))
+
+
+def test_every_ui_workflow_has_an_api_twin():
+    ui = sorted(f for f in os.listdir(UI_DIR) if f.endswith(".json"))
+    assert ui and ui == api_workflows()
+
+
+@pytest.mark.host
+def test_ui_workflows_describe_their_api_twins():
+    from svd_inbetween.cli.comfy_session import ComfySession  # noqa: F401  (ComfyUI already importable)
+    import asyncio
+
+    import nodes
+    from ui_format import ui_to_api
+    if "SVDInbetweenSampler" not in nodes.NODE_CLASS_MAPPINGS:
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+        assert asyncio.run(nodes.load_custom_node(REPO))
+    for name in api_workflows():
+        with open(os.path.join(API_DIR, name)) as f:
+            api = json.load(f)
+        with open(os.path.join(UI_DIR, name)) as f:
+            ui = json.load(f)
+        got = ui_to_api(ui, nodes.NODE_CLASS_MAPPINGS)
+        want = {k: {"class_type": v["class_type"], "inputs": v["inputs"]} for k, v in api.items()}
+        assert got == want, name
+
+
+@pytest.mark.host
+def test_shipped_workflows_run_in_process(tmp_path):
+    res = run_job(tmp_path, "workflows")
+    assert sorted(res) == api_workflows()
+    for name, r in res.items():
+        assert r["videos"] == [{"frames": 5, "width": 64, "height": 64}], name
+        assert r["latent_shape"] == [5, 4, 8, 8]
+    # the all-in-one sampler and the SamplerCustomAdvanced composition are the same method
+    sums = {r["latent_sum"] for r in res.values()}
+    assert len(sums) == 1
+
+
+@pytest.mark.server
+def test_real_server_object_info_and_workflows_over_http(tmp_path):
+    sys.path.insert(0, HERE)
+    from comfy_job import prepare_base, tiny_prompt, video_info
+    from server_harness import ComfyServer
+
+    weights = prepare_base(str(tmp_path))
+    with ComfyServer(str(tmp_path)) as server:
+        info = server.get("/object_info")
+        assert NODE_IDS <= set(info), NODE_IDS - set(info)
+        for node_id in NODE_IDS:
+            for section in ("required", "optional"):
+                for name, spec in info[node_id]["input"].get(section, {}).items():
+                    assert len(spec) > 1 and spec[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+        assert weights in info["SVDInbetweenLoadBackwardWeights"]["input"]["required"]["weights"][1]["options"]
+        log = server.log()
+        failed = [ln for ln in log.splitlines() if "IMPORT FAILED" in ln]
+        assert not [ln for ln in failed if "svd_inbetween" in ln], failed
+        for name in api_workflows():
+            with open(os.path.join(API_DIR, name)) as f:
+                prompt = tiny_prompt(json.load(f), weights)
+            entry = server.wait(server.queue(prompt))
+            assert entry["status"]["status_str"] == "success", entry["status"]
+            videos = [item for out in entry["outputs"].values() for item in out.get("images", [])]
+            assert len(videos) == 1
+            v = videos[0]
+            info_v = video_info(os.path.join(str(tmp_path), "output", v.get("subfolder", ""), v["filename"]))
+            assert info_v == {"frames": 5, "width": 64, "height": 64}
+        # a bad graph is refused with our message and the server keeps serving
+        with open(os.path.join(API_DIR, api_workflows()[0])) as f:
+            bad = tiny_prompt(json.load(f), weights)
+        for node in bad.values():
+            if node["class_type"] in ("SVDInbetweenSampler", "SVDInbetweenGuider"):
+                node["inputs"]["model"] = ["1", 0]  # stock model without backward weights, mode gi
+        entry = server.wait(server.queue(bad))
+        assert entry["status"]["status_str"] == "error", json.dumps(entry)[:3000]
+        messages = json.dumps(entry["status"]["messages"])
+        assert "SVDInbetweenLoadBackwardWeights" in messages and "mode 'gi'" in messages
+        assert server.get("/system_stats")
