@@ -91,8 +91,46 @@ def main() -> None:
         job = json.load(f)
     setup_comfy()
     import_pack()
-    result = {"workflows": job_workflows}[job["kind"]](job)
+    result = {"workflows": job_workflows, "cli_run": job_cli_run}[job["kind"]](job)
     print("RESULT:" + json.dumps(result))
+
+
+
+def job_cli_run(job: dict) -> dict:
+    """`svd-inbetween run` plumbing (single and batch) with the tiny models swapped in for the checkpoint."""
+    import argparse
+
+    import numpy as np
+    from PIL import Image
+    from svd_inbetween.cli import build_parser
+    from svd_inbetween.cli.comfy_session import ComfySession
+    from svd_inbetween.cli.run import collect_pairs, run_pairs
+
+    base = job["base"]
+    weights = prepare_base(base)
+    frames_dir = os.path.join(base, "keys")
+    os.makedirs(frames_dir)
+    rng = np.random.default_rng(1)
+    for name in ("a.png", "b.png", "c.png"):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(os.path.join(frames_dir, name))
+    ckpt = os.path.join(base, "fake_ckpt.safetensors")
+    open(ckpt, "wb").close()
+    session = ComfySession(base_directory=base, cpu=True, extra_custom_nodes=(os.path.join(HERE, "tiny_pack"),))
+
+    def transform(prompt):
+        return tiny_prompt(prompt, weights)
+
+    common = ["--checkpoint", ckpt, "--backward", os.path.join(base, "models", "svd_inbetween", weights),
+              "--steps", "2", "--frames", "5", "--width", "64", "--height", "64", "--cpu"]
+    out = {}
+    single: argparse.Namespace = build_parser().parse_args(
+        ["run", "--start", os.path.join(frames_dir, "a.png"), "--end", os.path.join(frames_dir, "c.png"),
+         "-o", os.path.join(base, "single.mp4"), *common])
+    out["single"] = [video_info(p) for p in run_pairs(session, single, collect_pairs(single), base, transform)]
+    batch = build_parser().parse_args(["run", "--folder", frames_dir, "-o", os.path.join(base, "batch"), *common])
+    written = run_pairs(session, batch, collect_pairs(batch), base, transform)
+    out["batch"] = sorted(os.path.basename(p) for p in written)
+    return out
 
 
 if __name__ == "__main__":

@@ -108,3 +108,25 @@ def test_real_server_object_info_and_workflows_over_http(tmp_path):
         messages = json.dumps(entry["status"]["messages"])
         assert "SVDInbetweenLoadBackwardWeights" in messages and "mode 'gi'" in messages
         assert server.get("/system_stats")
+
+
+@pytest.mark.host
+def test_cli_run_single_and_batch(tmp_path):
+    res = run_job(tmp_path, "cli_run")
+    assert res["single"] == [{"frames": 5, "width": 64, "height": 64}]
+    assert res["batch"] == ["0000_a.mp4", "0001_b.mp4"]
+
+
+def test_cli_run_argument_errors(tmp_path):
+    from svd_inbetween.cli import build_parser
+    from svd_inbetween.cli.run import collect_pairs
+    ckpt = ["--checkpoint", "x.safetensors", "-o", str(tmp_path / "o")]
+    with pytest.raises(SystemExit, match="--start and --end"):
+        collect_pairs(build_parser().parse_args(["run", "--start", "a.png", *ckpt]))
+    with pytest.raises(SystemExit, match="give --start and --end"):
+        collect_pairs(build_parser().parse_args(["run", *ckpt]))
+    with pytest.raises(SystemExit, match="not found"):
+        collect_pairs(build_parser().parse_args(["run", "--start", "nope.png", "--end", "nope2.png", *ckpt]))
+    (tmp_path / "pairs.csv").write_text("only_one\n")
+    with pytest.raises(SystemExit, match="line 1"):
+        collect_pairs(build_parser().parse_args(["run", "--pairs", str(tmp_path / "pairs.csv"), *ckpt]))
