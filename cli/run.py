@@ -60,10 +60,9 @@ def collect_pairs(args) -> list[Pair]:
     if args.start or args.end:
         if not (args.start and args.end):
             raise SystemExit("svd-inbetween run: --start and --end go together")
-        return [Pair(args.start, args.end, args.output)]
-    os.makedirs(args.output, exist_ok=True)
-    pairs = []
-    if args.pairs:
+        pairs = [Pair(args.start, args.end, args.output)]
+    elif args.pairs:
+        pairs = []
         with open(args.pairs, newline="") as f:
             for i, row in enumerate(csv.reader(f)):
                 row = [c.strip() for c in row if c.strip()]
@@ -77,6 +76,7 @@ def collect_pairs(args) -> list[Pair]:
         images = sorted(f for f in os.listdir(args.folder) if f.lower().endswith(IMAGE_EXTS))
         if len(images) < 2:
             raise SystemExit(f"svd-inbetween run: {args.folder} holds fewer than two images")
+        pairs = []
         for i, (a, b) in enumerate(zip(images, images[1:])):
             pairs.append(Pair(os.path.join(args.folder, a), os.path.join(args.folder, b),
                               os.path.join(args.output, f"{i:04d}_{os.path.splitext(a)[0]}.mp4")))
