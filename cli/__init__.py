@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-SUBCOMMANDS = ("run",)
+SUBCOMMANDS = ("run", "convert")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,14 +17,17 @@ class SVDInbetweenLoadBackwardWeights(io.ComfyNode):
             display_name="SVD Inbetween Load Backward Weights",
             category=CATEGORY,
             description="Attaches the fine-tuned backward-motion W_v'/W_o' of the 16 temporal attention layers "
-                        "to an SVD model. The model itself stays unchanged; only the backward pass uses them.",
+                        "to an SVD model. The model itself stays unchanged; only the backward pass uses them. "
+                        "Reads the pack's compact files (from `svd-inbetween convert` or the pack's trainer) and "
+                        "the official release's unet/diffusion_pytorch_model.safetensors directly.",
             inputs=[
                 io.Model.Input("model", tooltip="An SVD img2vid model (e.g. SVD-XT)."),
                 io.Combo.Input("weights", options=folder_paths.get_filename_list(MODEL_FOLDER),
-                               tooltip=f"A .safetensors file in models/{MODEL_FOLDER}/ (pack format)."),
+                               tooltip=f"A .safetensors file in models/{MODEL_FOLDER}/: a compact file "
+                                       "(absolute or delta) or the official full UNet (absolute)."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.05,
                                tooltip="1 = the weights as trained. Deltas are added times strength; absolute "
-                                       "weights are blended W + strength * (W' - W)."),
+                                       "weights are blended W + strength * (W' - W); 0 = the model's own."),
             ],
             outputs=[io.Model.Output("model_out", display_name="MODEL", tooltip="The model carrying the backward weights.")],
         )

@@ -37,8 +37,17 @@ def key_out(path: str) -> str:
     return f"{PREFIX}{path}.to_out.0.weight"
 
 
+SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2", "I64", "I32", "I16", "I8", "U8", "BOOL",
+                      "U16", "U32", "U64", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64"}
+MAX_HEADER = 100 * 2**20
+
+
 def check_safetensors(file: str) -> dict:
-    """Parse the safetensors header without loading tensors; refuse anything else."""
+    """Parse the safetensors header without loading tensors; refuse anything else.
+
+    Pickle-based checkpoints (.ckpt/.bin/.pt, zip or raw pickle) are recognised by
+    their first bytes and refused; nothing is ever unpickled.
+    """
     name = os.path.basename(file)
     if not os.path.isfile(file):
         raise BackwardWeightsError(f"{name}: file not found ({file})")
@@ -48,15 +57,36 @@ def check_safetensors(file: str) -> dict:
         if len(head) < 8:
             raise BackwardWeightsError(f"{name}: empty or truncated file ({size} bytes); expected a .safetensors file")
         (n,) = struct.unpack("<Q", head)
-        if head[:2] == b"PK" or head[:1] == b"\x80" or n <= 1 or n > min(size - 8, 100 * 2**20):
-            raise BackwardWeightsError(
-                f"{name}: not a safetensors file (looks like a pickle/zip checkpoint or is corrupt); "
-                "only .safetensors is accepted, nothing is unpickled")
+        first = f.read(1)
+        if not (2 <= n <= min(MAX_HEADER, size - 8) and first == b"{"):
+            # Only now look for pickle magic: a real header length may start with the same bytes.
+            if head[:2] == b"PK" or head[:1] == b"\x80":
+                raise BackwardWeightsError(
+                    f"{name}: this is a pickle/zip (torch.save) checkpoint, not safetensors; it was not opened. "
+                    "Only .safetensors is accepted: use the release's diffusion_pytorch_model.safetensors")
+            if 2 <= n <= MAX_HEADER and first in (b"{", b""):
+                raise BackwardWeightsError(f"{name}: truncated: the header alone needs {n + 8} bytes, file has {size}")
+            raise BackwardWeightsError(f"{name}: not a safetensors file (header length {n}); only .safetensors "
+                                       "is accepted, nothing is unpickled")
+        f.seek(8)
         try:
             header = json.loads(f.read(n))
         except ValueError as e:
-            raise BackwardWeightsError(f"{name}: corrupt safetensors header ({e})") from None
-    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+            raise BackwardWeightsError(f"{name}: not a safetensors file (corrupt header: {e})") from None
+    if not isinstance(header, dict):
+        raise BackwardWeightsError(f"{name}: not a safetensors file (header is not a JSON object)")
+    end = 0
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            start, stop = info["data_offsets"]
+            ok = info["dtype"] in SAFETENSORS_DTYPES and isinstance(info["shape"], list) and 0 <= start <= stop
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise BackwardWeightsError(f"{name}: corrupt safetensors header entry for {key!r}")
+        end = max(end, stop)
     if 8 + n + end > size:
         raise BackwardWeightsError(f"{name}: truncated: header promises {8 + n + end} bytes, file has {size}")
     return header
@@ -97,33 +127,38 @@ def read_backward_weights(file: str) -> tuple[dict[str, torch.Tensor], dict[str,
 
 
 def resolve(file: str, tensors: dict[str, torch.Tensor], kind: str, base: dict[str, tuple[torch.Tensor, torch.Tensor]],
-            strength: float = 1.0) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+            strength: float = 1.0, origin: dict[str, str] | None = None) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Absolute W_v', W_o' for each layer of the model being patched.
 
     base: layer path -> the model's own (W_v, W_o). Deltas are added with `strength`;
     absolute weights are blended as W + strength * (W' - W) (strength 1 = W').
     Validates that every layer is present with the model's shape and a float dtype.
+    origin: compact key -> the key the tensor had in `file`, for messages.
     """
     name = os.path.basename(file)
+    origin = origin or {}
     out = {}
     for path, (wv, wo) in base.items():
         pair = []
         for key, ref in ((key_v(path), wv), (key_out(path), wo)):
             t = tensors.get(key)
+            where = origin.get(key, key)
+            if where != key:
+                where = f"{where} (layer {path})"
             if t is None:
-                raise BackwardWeightsError(f"{name}: missing tensor {key} (the file has {len(tensors)} tensors; "
-                                           "is it for an SVD model?)")
+                raise BackwardWeightsError(f"{name}: missing tensor {where} (the file has {len(tensors)} of the "
+                                           f"{2 * len(base)} needed; is it for an SVD model?)")
             if tuple(t.shape) != tuple(ref.shape):
-                raise BackwardWeightsError(f"{name}: layer {key} has shape {tuple(t.shape)}, the model expects "
+                raise BackwardWeightsError(f"{name}: tensor {where} has shape {tuple(t.shape)}, the model expects "
                                            f"{tuple(ref.shape)}; these weights are for a different model")
             if not t.is_floating_point():
-                raise BackwardWeightsError(f"{name}: layer {key} has dtype {t.dtype}, expected a float tensor")
+                raise BackwardWeightsError(f"{name}: tensor {where} has dtype {t.dtype}, expected a float tensor")
             if not torch.isfinite(t).all():
-                raise BackwardWeightsError(f"{name}: layer {key} contains NaN or Inf")
+                raise BackwardWeightsError(f"{name}: tensor {where} contains NaN or Inf")
             ref32 = ref.detach().float().cpu()
             t32 = t.float()
             if kind == "delta":
-                pair.append(ref32 + strength * t32 if strength != 1.0 else ref32 + t32)
+                pair.append(ref32 + t32 if strength == 1.0 else ref32 + strength * t32)
             else:
                 pair.append(t32 if strength == 1.0 else ref32 + strength * (t32 - ref32))
         out[path] = (pair[0], pair[1])
