@@ -1,0 +1,86 @@
+"""Host: the proxy on ComfyUI's real temporal CrossAttention."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.host
+
+
+def real_layer(tiny):
+    from svd_inbetween.attention_patch.layers import original_module, temporal_attn1_paths
+    path = temporal_attn1_paths(tiny.model)[0]
+    return path, original_module(tiny.model, path)
+
+
+def test_rotated_backward_on_flipped_input_equals_flipped_forward(tiny):
+    """W' = W: proxy(backward chunk = flip(x), rot180(A(x))) == flip(attention(x)) along time."""
+    from svd_inbetween.attention_patch.proxy import TemporalAttentionProxy
+    from svd_inbetween.attention_patch.run_state import BACKWARD_COND, FORWARD_COND, RUN_KEY, InbetweenRun
+    path, attn = real_layer(tiny)
+    proxy = TemporalAttentionProxy(attn, path, attn.to_v.weight.detach().clone(), attn.to_out[0].weight.detach().clone())
+    torch.manual_seed(0)
+    frames = 5
+    x = torch.randn(12, frames, attn.to_q.in_features)
+    run = InbetweenRun(rotate_layers=frozenset([path]), finetuned=True, frames=frames,
+                       active=frozenset([BACKWARD_COND, FORWARD_COND]))
+    opts = {RUN_KEY: run, "cond_or_uncond": [BACKWARD_COND, FORWARD_COND]}
+    with torch.no_grad():
+        out = proxy(torch.cat([x.flip(1), x]), transformer_options=opts)
+        stock = attn(x)
+    backward, forward = out.chunk(2)
+    assert torch.allclose(forward, stock, atol=1e-5)
+    assert torch.allclose(backward, stock.flip(1), atol=1e-5)
+    assert run.maps == {}
+
+
+def test_sequential_hand_over_equals_batched(tiny):
+    from svd_inbetween.attention_patch.proxy import TemporalAttentionProxy
+    from svd_inbetween.attention_patch.run_state import BACKWARD_COND, FORWARD_COND, RUN_KEY, InbetweenRun
+    path, attn = real_layer(tiny)
+    g = torch.Generator().manual_seed(1)
+    wv = attn.to_v.weight.detach() + 0.01 * torch.randn(attn.to_v.weight.shape, generator=g)
+    wo = attn.to_out[0].weight.detach() + 0.01 * torch.randn(attn.to_out[0].weight.shape, generator=g)
+    proxy = TemporalAttentionProxy(attn, path, wv, wo)
+    xf, xb = torch.randn(8, 5, attn.to_q.in_features), torch.randn(8, 5, attn.to_q.in_features)
+    active = frozenset([BACKWARD_COND, FORWARD_COND])
+
+    def call(x, ids, run):
+        with torch.no_grad():
+            return proxy(x, transformer_options={RUN_KEY: run, "cond_or_uncond": ids})
+    run = InbetweenRun(rotate_layers=frozenset([path]), finetuned=True, frames=5, active=active)
+    batched_b, batched_f = call(torch.cat([xb, xf]), [BACKWARD_COND, FORWARD_COND], run).chunk(2)
+    seq_f = call(xf, [FORWARD_COND], run)
+    assert len(run.maps) == 1 and run.peak_map_bytes > 0
+    seq_b = call(xb, [BACKWARD_COND], run)
+    assert run.maps == {}
+    assert torch.allclose(batched_f, seq_f, atol=1e-6) and torch.allclose(batched_b, seq_b, atol=1e-6)
+    # the fine-tuned projections are used: plain W gives something else
+    run2 = InbetweenRun(rotate_layers=frozenset([path]), finetuned=False, frames=5, active=active)
+    plain_b, _ = call(torch.cat([xb, xf]), [BACKWARD_COND, FORWARD_COND], run2).chunk(2)
+    assert (plain_b - batched_b).abs().max() > 1e-4
+
+
+def test_backward_chunks_never_compute_query_or_key(tiny):
+    """Count rows through to_q/to_k in a gi run: only forward chunks (half the batch) ever reach them."""
+    from svd_inbetween.attention_patch.layers import original_module, temporal_attn1_paths
+    from svd_inbetween.samplers.run import sample_inbetween
+    rows = {"q": [], "v": []}
+    hooks = []
+    for path in temporal_attn1_paths(tiny.model):
+        mod = original_module(tiny.model, path)
+        hooks.append(mod.to_q.register_forward_hook(lambda m, i, o: rows["q"].append(i[0].shape[0])))
+        hooks.append(mod.to_v.register_forward_hook(lambda m, i, o: rows["v"].append(i[0].shape[0])))
+    try:
+        ps, ns, pe, ne, lat = tiny.conds
+        sample_inbetween("test", tiny.model_gi, ps, ns, pe, ne, lat, seed=0, steps=1, cfg=2.0, mode="gi",
+                         recurrence=0, execution="batched", callback=lambda *a: None)
+    finally:
+        for h in hooks:
+            h.remove()
+    # One batched UNet call holds 4 chunks (forward/backward x cond/uncond). Per layer, only the two forward
+    # chunks go through to_q (and the stock to_v); the backward chunks use rot180 maps and W_v'.
+    assert len(rows["q"]) == len(rows["v"]) == 2 * 16
+    assert rows["q"] == rows["v"]
+    positions = lat["samples"].shape[-1] * lat["samples"].shape[-2]
+    assert max(rows["q"]) == positions  # one chunk of one video, never the 4-chunk batch
