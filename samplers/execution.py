@@ -4,10 +4,17 @@ batched: one UNet call holds forward and backward chunks; each rotating layer
     consumes the forward maps it just computed, so no map outlives a layer call.
 sequential: a forward call (capturing the maps of every rotating layer) then a
     backward call; half the activation batch, plus the maps held in between.
+
+auto picks batched when its estimate (times ComfyUI's head-room factor) fits the
+device's free memory. The environment variable SVD_INBETWEEN_MEMORY_BUDGET_MB
+caps what auto treats as free (in MiB), e.g. to keep head-room on a shared GPU
+or to exercise the sequential fall-back on a CPU.
 """
 from __future__ import annotations
 
 import logging
+import math
+import os
 from dataclasses import dataclass
 
 import comfy.model_management
@@ -20,6 +27,25 @@ log = logging.getLogger(__name__)
 EXECUTIONS = ("auto", "batched", "sequential")
 # ComfyUI's own head-room factor when it decides how many conds to batch.
 MEMORY_MARGIN = 1.5
+BUDGET_ENV = "SVD_INBETWEEN_MEMORY_BUDGET_MB"
+
+
+class MemoryBudgetError(ValueError):
+    pass
+
+
+def memory_budget_bytes() -> float | None:
+    """The cap from SVD_INBETWEEN_MEMORY_BUDGET_MB in bytes, or None when it is unset or empty."""
+    raw = os.environ.get(BUDGET_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        mib = float(raw)
+    except ValueError:
+        mib = math.nan
+    if not (math.isfinite(mib) and mib >= 0):
+        raise MemoryBudgetError(f"{BUDGET_ENV}={raw!r}: expected a number of MiB >= 0 (e.g. 8000), or unset it")
+    return mib * 2**20
 
 
 @dataclass(frozen=True)
@@ -30,12 +56,16 @@ class MemoryEstimate:
 
 
 def choose_execution(requested: str, free_bytes: float, estimate: MemoryEstimate) -> str:
+    """`requested` unless it is auto; auto is batched if it fits min(free, budget), else sequential (logged)."""
     if requested != "auto":
         return requested
-    if estimate.batched * MEMORY_MARGIN < free_bytes:
+    budget = memory_budget_bytes()
+    available = free_bytes if budget is None else min(free_bytes, budget)
+    if estimate.batched * MEMORY_MARGIN < available:
         return "batched"
-    log.info("SVD inbetween: batched execution needs ~%.0f MiB, %.0f MiB free; running sequentially",
-             estimate.batched * MEMORY_MARGIN / 2**20, free_bytes / 2**20)
+    limit = "free" if budget is None or budget >= free_bytes else f"allowed by {BUDGET_ENV}"
+    log.info("SVD inbetween: batched execution needs ~%.1f MiB, %.1f MiB %s; running sequentially",
+             estimate.batched * MEMORY_MARGIN / 2**20, available / 2**20, limit)
     return "sequential"
 
 

@@ -13,15 +13,17 @@ from ..attention_patch.layers import with_proxies
 from .guidance import linear_cfg
 from .guider import SVDInbetweenGuider
 from .recurrent_euler import recurrent_euler_sampler
-from .validation import check_inputs, check_model, fail
+from .validation import check_conds_fit_model, check_inputs, check_model, fail
 
 
 def make_guider(node: str, model, positive_start, negative_start, positive_end, negative_end, cfg: float,
                 mode: str, forward_weight: float, execution: str, guidance: str = "constant",
                 min_cfg: float = 1.0) -> SVDInbetweenGuider:
     check_model(node, model, mode)
-    check_inputs(node, {"positive_start": positive_start, "negative_start": negative_start,
-                        "positive_end": positive_end, "negative_end": negative_end}, None, cfg=cfg)
+    conds = {"positive_start": positive_start, "negative_start": negative_start,
+             "positive_end": positive_end, "negative_end": negative_end}
+    check_inputs(node, conds, None, cfg=cfg)
+    check_conds_fit_model(node, model, conds)
     if not 0.0 <= forward_weight <= 1.0:
         fail(node, "forward_weight", f"must be in [0, 1], got {forward_weight}")
     m = with_proxies(model)

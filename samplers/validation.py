@@ -33,6 +33,16 @@ def check_model(node: str, model, mode: str) -> None:
              "before this node, or pick mode 'gi_no_finetune' or 'trf'")
 
 
+def check_conds_fit_model(node: str, model, conds: dict[str, list]) -> None:
+    """The conds' image embeddings must be as wide as the model's cross-attention context."""
+    context = model.model.model_config.unet_config.get("context_dim")
+    for name, cond in conds.items():
+        width = cond[0][0].shape[-1]
+        if context is not None and width != context:
+            fail(node, name, f"image embedding is {width} wide but the model expects {context}: the conditioning "
+                 "was made with another model's CLIP vision; use the same checkpoint's CLIP vision")
+
+
 def _first(node: str, name: str, cond):
     if not cond or not isinstance(cond, list) or len(cond[0]) != 2:
         fail(node, name, "empty or malformed CONDITIONING; use SVDInbetweenConditioning or SVD_img2vid_Conditioning")
@@ -58,6 +68,14 @@ def check_inputs(node: str, conds: dict[str, list], latent: torch.Tensor | None,
         if shape != ref:
             fail(node, name, f"conditioning is {shape[-1] * 8}x{shape[-2] * 8} but {ref_name} is "
                  f"{ref[-1] * 8}x{ref[-2] * 8}; encode both keyframes at the same width and height")
+    for name in names[1:]:
+        width, ref_width = conds[name][0][0].shape[-1], conds[ref_name][0][0].shape[-1]
+        channels = extras[name]["concat_latent_image"].shape[1]
+        ref_channels = extras[ref_name]["concat_latent_image"].shape[1]
+        if (width, channels) != (ref_width, ref_channels):
+            fail(node, name, f"conditioning has a {width}-wide image embedding and {channels} latent channels, "
+                 f"{ref_name} has {ref_width} and {ref_channels}: they come from different models; encode both "
+                 "keyframes with the same checkpoint's CLIP vision and VAE")
     frames = {name: e[FRAMES_KEY] for name, e in extras.items() if FRAMES_KEY in e}
     if len(set(frames.values())) > 1:
         fail(node, names[-1], f"conditionings were made for different frame counts {frames}; use one video_frames")

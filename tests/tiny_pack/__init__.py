@@ -26,3 +26,112 @@ class SVDInbetweenTestTinyModels:
 
 
 NODE_CLASS_MAPPINGS = {"SVDInbetweenTestTinyModels": SVDInbetweenTestTinyModels}
+
+
+# --- Robustness tests (tests/test_server_robustness.py): latents out of the server, cache busting,
+# --- and models/encoders the sampler must refuse.
+
+def _tiny_non_svd_model():
+    """A tiny random SD1.5-style MODEL (not SVD); it is only ever refused, never sampled."""
+    import torch
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    cfg = {"model_channels": 32, "in_channels": 4, "out_channels": 4, "num_res_blocks": [1, 1],
+           "channel_mult": [1, 2], "transformer_depth": [1, 1], "transformer_depth_output": [1, 1, 1, 1],
+           "transformer_depth_middle": 1, "context_dim": tiny_models.CONTEXT_DIM, "use_linear_in_transformer": True,
+           "adm_in_channels": None, "use_temporal_attention": False, "image_size": 32,
+           "use_spatial_transformer": True, "legacy": False}
+    mc = comfy.supported_models.SD15(cfg)
+    mc.unet_config.update(num_head_channels=16, num_heads=-1)
+    mc.set_inference_dtype(torch.float32, None)
+    model = mc.get_model({}, device=torch.device("cpu"))
+    tiny_models.init_module(model.diffusion_model, 3)
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
+
+
+def _tiny_other_clip_vision():
+    """A tiny CLIP vision whose embedding width (32) differs from the tiny SVD's context (64)."""
+    import json
+    import tempfile
+
+    import comfy.clip_vision
+
+    config = dict(tiny_models.CLIP_CONFIG, projection_dim=tiny_models.CONTEXT_DIM // 2)
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
+        json.dump(config, f)
+    try:
+        cv = comfy.clip_vision.ClipVisionModel(f.name)
+    finally:
+        os.unlink(f.name)
+    tiny_models.init_module(cv.model, 4, std=0.02)
+    return cv
+
+
+class SVDInbetweenTestOtherModels:
+    """MODEL that is not SVD and a CLIP_VISION from another model family (for refusal tests)."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"name": ("STRING", {"default": "other"})}}
+
+    RETURN_TYPES = ("MODEL", "CLIP_VISION")
+    FUNCTION = "load"
+    CATEGORY = "_for_testing"
+
+    def load(self, name):
+        if "other" not in _CACHE:
+            _CACHE["other"] = (_tiny_non_svd_model(), _tiny_other_clip_vision())
+        return _CACHE["other"]
+
+
+class SVDInbetweenTestNonce:
+    """LATENT passthrough with an irrelevant `nonce`: changing it makes everything downstream re-execute."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"latent": ("LATENT",), "nonce": ("INT", {"default": 0, "min": 0, "max": 2**31})}}
+
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "passthrough"
+    CATEGORY = "_for_testing"
+
+    def passthrough(self, latent, nonce):
+        out = dict(latent)
+        out["samples"] = latent["samples"].clone()
+        return (out,)
+
+
+class SVDInbetweenTestLatentDigest:
+    """Saves a LATENT to output/latents/<name>.safetensors and reports its SHA-256 in the UI output."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"samples": ("LATENT",), "name": ("STRING", {"default": "latent"})}}
+
+    RETURN_TYPES = ()
+    FUNCTION = "digest"
+    OUTPUT_NODE = True
+    CATEGORY = "_for_testing"
+
+    def digest(self, samples, name):
+        import hashlib
+
+        import folder_paths
+        from safetensors.torch import save_file
+
+        t = samples["samples"].detach().float().cpu().contiguous()
+        folder = os.path.join(folder_paths.get_output_directory(), "latents")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, f"{os.path.basename(name)}.safetensors")
+        save_file({"samples": t}, path)
+        info = {"name": name, "sha256": hashlib.sha256(t.numpy().tobytes()).hexdigest(),
+                "shape": list(t.shape), "sum": float(t.double().sum()), "file": path}
+        return {"ui": {"latent": [info]}}
+
+
+NODE_CLASS_MAPPINGS.update({
+    "SVDInbetweenTestOtherModels": SVDInbetweenTestOtherModels,
+    "SVDInbetweenTestNonce": SVDInbetweenTestNonce,
+    "SVDInbetweenTestLatentDigest": SVDInbetweenTestLatentDigest,
+})
