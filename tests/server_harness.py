@@ -39,7 +39,9 @@ class ComfyServer:
         self.proc = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
              "--base-directory", self.base, "--disable-auto-launch"],
-            cwd=COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT)
+            cwd=COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT,
+            # tiny models are overhead-bound: extra intra-op threads only fight the test process for 2 cores
+            env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
         deadline = time.time() + 180
         while time.time() < deadline:
             if self.proc.poll() is not None:
