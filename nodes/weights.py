@@ -33,6 +33,14 @@ class SVDInbetweenLoadBackwardWeights(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, weights) -> bool | str:
+        # Checked when the prompt is queued, so a missing file never starts a run.
+        if folder_paths.get_full_path(MODEL_FOLDER, weights) is None:
+            return (f"SVDInbetweenLoadBackwardWeights: input 'weights': {weights!r} not found in "
+                    f"models/{MODEL_FOLDER}/ (put a .safetensors file there and refresh)")
+        return True
+
+    @classmethod
     def execute(cls, model, weights, strength=1.0) -> io.NodeOutput:
         node = "SVDInbetweenLoadBackwardWeights"
         check_model(node, model, mode="trf")

@@ -13,13 +13,15 @@ from ..attention_patch.layers import with_proxies
 from .guidance import linear_cfg
 from .guider import SVDInbetweenGuider
 from .recurrent_euler import recurrent_euler_sampler
-from .validation import check_conds_fit_model, check_inputs, check_model, fail
+from .execution import EXECUTIONS
+from .validation import check_choice, check_conds_fit_model, check_inputs, check_model, fail
 
 
 def make_guider(node: str, model, positive_start, negative_start, positive_end, negative_end, cfg: float,
                 mode: str, forward_weight: float, execution: str, guidance: str = "constant",
                 min_cfg: float = 1.0) -> SVDInbetweenGuider:
     check_model(node, model, mode)
+    check_choice(node, "execution", execution, EXECUTIONS)
     conds = {"positive_start": positive_start, "negative_start": negative_start,
              "positive_end": positive_end, "negative_end": negative_end}
     check_inputs(node, conds, None, cfg=cfg)
@@ -44,8 +46,7 @@ def sample_inbetween(node: str, model, positive_start, negative_start, positive_
                      callback=None) -> dict:
     samples = latent["samples"]
     check_inputs(node, {"positive_start": positive_start, "positive_end": positive_end}, samples, steps=steps)
-    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
-        fail(node, "scheduler", f"unknown scheduler {scheduler!r}")
+    check_choice(node, "scheduler", scheduler, comfy.samplers.SCHEDULER_NAMES)
     guider = make_guider(node, model, positive_start, negative_start, positive_end, negative_end, cfg, mode,
                          forward_weight, execution, guidance, min_cfg)
     sampler = recurrent_euler_sampler(recurrence, recurrence_ratio)

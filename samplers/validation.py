@@ -19,8 +19,17 @@ def fail(node: str, name: str, message: str):
     raise InbetweenInputError(f"{node}: input '{name}': {message}")
 
 
+def check_choice(node: str, name: str, value, options) -> None:
+    """V3 COMBO values are not checked against their options by ComfyUI 0.3.64's validation."""
+    if value not in options:
+        fail(node, name, f"{value!r} is not one of {', '.join(map(str, options))}")
+
+
 def check_model(node: str, model, mode: str) -> None:
     import comfy.model_base
+
+    from ..attention_patch.layers import MODES
+    check_choice(node, "mode", mode, MODES)
     if not isinstance(getattr(model, "model", None), comfy.model_base.SVD_img2vid):
         fail(node, "model", f"expected a Stable Video Diffusion img2vid model, got "
              f"{type(getattr(model, 'model', model)).__name__}; load SVD with ImageOnlyCheckpointLoader")

@@ -312,7 +312,7 @@ def test_error_dialogs_are_detected(ui):
     nid = next(n["id"] for n in wf["nodes"] if n["type"] == "SVDInbetweenLoadBackwardWeights")
     assert page.evaluate(JS_SET_WIDGETS, [nid, {"weights": "no_such_file.safetensors"}]) == []
     page.evaluate("() => app.queuePrompt(0)")
-    # ComfyUI 0.3.64 does not check V3 combo values at queue time: the node's own error shows at run time
+    # the loader's validate_inputs refuses the missing file when the prompt is queued
     page.wait_for_function(f"() => ({JS_ERRORS})().length > 0", timeout=60_000)
     shown = "\n".join(page.evaluate(JS_ERRORS))
     assert "SVDInbetweenLoadBackwardWeights" in shown and "no_such_file.safetensors" in shown, shown

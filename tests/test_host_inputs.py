@@ -132,3 +132,15 @@ def test_conditioning_node_rejects_batches_and_odd_sizes(tiny):
     msg = errors(lambda: SVDInbetweenConditioning.execute(tiny.clip_vision, tiny.vae, a, b, 66, SIZE, FRAMES, 127, 7,
                                                           0.0, "crop", 0))
     assert "multiples of 8" in msg
+
+
+def test_combo_values_are_checked_with_the_node_name(tiny):
+    assert "'mode'" in errors(lambda: sample(tiny, mode="nope"))
+    assert "'execution'" in errors(lambda: sample(tiny, execution="nope"))
+    assert "'scheduler'" in errors(lambda: sample(tiny, scheduler="nope"))
+
+
+def test_missing_weights_file_is_refused_at_queue_time():
+    from svd_inbetween.nodes.weights import SVDInbetweenLoadBackwardWeights
+    msg = SVDInbetweenLoadBackwardWeights.validate_inputs(weights="no_such_file.safetensors")
+    assert isinstance(msg, str) and "SVDInbetweenLoadBackwardWeights" in msg and "no_such_file" in msg
