@@ -11,11 +11,16 @@ PREFIX = "diffusion_model."
 TEMPORAL_ATTN1 = re.compile(r"^(input_blocks|middle_block|output_blocks)\.[\d.]*time_stack\.\d+\.attn1$")
 SVD_LAYER_COUNT = 16
 
-MODES = ("gi", "gi_no_finetune", "trf")
+MODES = ("gi", "gi_no_finetune", "trf", "vibid", "vibid_gi")
 MODE_HELP = {
     "gi": "paper: rotated forward maps in all 16 temporal attn1 layers + fine-tuned W_v'/W_o'",
     "gi_no_finetune": "paper ablation 'w/o FT': rotated maps in the up (output) blocks only, stock weights",
     "trf": "baseline: plain fusion of forward and time-reversed passes, no rotation",
+    "vibid": "fast, training-free (ViBiDSampler): per step a forward denoise from the start frame, re-noise, "
+             "a backward denoise of the flipped video from the end frame; 2 UNet calls per step, no recurrence "
+             "or fusion weight (try 25 steps, cfg 1.0)",
+    "vibid_gi": "vibid's schedule, backward denoise with this pack's backward-motion model (rotated maps "
+                "+ W_v'/W_o', needs backward weights)",
 }
 
 

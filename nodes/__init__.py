@@ -3,8 +3,9 @@ from __future__ import annotations
 
 
 def node_list() -> list:
+    from .chain import SVDInbetweenChain
     from .conditioning import SVDInbetweenConditioning
-    from .sampler import SVDInbetweenGuider, SVDInbetweenRecurrentEuler, SVDInbetweenSampler
+    from .sampler import SVDInbetweenGuider, SVDInbetweenRecurrentEuler, SVDInbetweenSampler, SVDInbetweenViBiDSampler
     from .weights import SVDInbetweenLoadBackwardWeights
     return [SVDInbetweenConditioning, SVDInbetweenLoadBackwardWeights, SVDInbetweenSampler,
-            SVDInbetweenGuider, SVDInbetweenRecurrentEuler]
+            SVDInbetweenGuider, SVDInbetweenRecurrentEuler, SVDInbetweenViBiDSampler, SVDInbetweenChain]

@@ -9,6 +9,7 @@ from ..samplers.guidance import GUIDANCE
 from ..samplers.recurrent_euler import recurrent_euler_sampler
 from ..samplers.run import make_guider, sample_inbetween
 from ..samplers.validation import InbetweenInputError, fail
+from ..samplers.vibid import SEQUENTIAL_MODES, check_vibid_model, sample_vibid_inbetween, vibid_sampler
 from .common import CATEGORY
 
 MODE_TOOLTIP = "; ".join(f"{k}: {v}" for k, v in MODE_HELP.items())
@@ -30,7 +31,8 @@ def _guidance_inputs():
                                "with its flip is a constant 2.0."),
         io.Combo.Input("mode", options=list(MODES), default="gi", tooltip=MODE_TOOLTIP),
         io.Float.Input("forward_weight", default=0.5, min=0.0, max=1.0, step=0.05,
-                       tooltip="Weight of the forward prediction in the fusion; 1.0 = plain SVD from the start frame."),
+                       tooltip="Weight of the forward prediction in the fusion; 1.0 = plain SVD from the start frame. "
+                               "Not used by the vibid modes."),
         io.Combo.Input("execution", options=list(EXECUTIONS), default="auto",
                        tooltip="batched: one UNet call per step for both directions, no stored maps (fast); "
                                "sequential: two calls, maps held in between (less memory); auto: batched if it fits."),
@@ -45,7 +47,8 @@ def _guidance_inputs():
 def _recurrence_inputs():
     return [
         io.Int.Input("recurrence", default=5, min=0, max=100,
-                     tooltip="Extra passes per early step after re-noising (paper: 5). 0 = plain Euler."),
+                     tooltip="Extra passes per early step after re-noising (paper: 5). 0 = plain Euler. "
+                             "Not used by the vibid modes."),
         io.Float.Input("recurrence_ratio", default=0.5, min=0.0, max=1.0, step=0.05,
                        tooltip="Fraction of the steps, from the start, that get the extra passes (paper: 0.5)."),
     ]
@@ -60,7 +63,9 @@ class SVDInbetweenSampler(io.ComfyNode):
             display_name="SVD Inbetween Sampler",
             category=CATEGORY,
             description="Generative Inbetweening: SVD runs forward from the start frame and backward from the end "
-                        "frame; the predictions are fused every step (Euler, with recurrence).",
+                        "frame; the predictions are fused every step (Euler, with recurrence). The vibid modes "
+                        "instead alternate a forward and a backward denoise each step (ViBiDSampler, CFG++ and "
+                        "endpoint consistency on; ~25 steps, cfg 1.0).",
             inputs=[
                 io.Model.Input("model", tooltip="SVD model; for mode gi, from SVDInbetweenLoadBackwardWeights."),
                 *_conds_inputs(),
@@ -80,6 +85,10 @@ class SVDInbetweenSampler(io.ComfyNode):
     def execute(cls, model, positive_start, negative_start, positive_end, negative_end, latent_image, seed, steps,
                 cfg, mode, recurrence, recurrence_ratio, forward_weight, execution, scheduler="karras",
                 guidance="constant", min_cfg=1.0) -> io.NodeOutput:
+        if mode in SEQUENTIAL_MODES:
+            return io.NodeOutput(sample_vibid_inbetween(
+                "SVDInbetweenSampler", model, positive_start, negative_start, positive_end, negative_end,
+                latent_image, seed, steps, cfg, mode, execution, scheduler, guidance, min_cfg))
         return io.NodeOutput(sample_inbetween(
             "SVDInbetweenSampler", model, positive_start, negative_start, positive_end, negative_end, latent_image,
             seed, steps, cfg, mode, recurrence, recurrence_ratio, forward_weight, execution, scheduler, guidance,
@@ -93,7 +102,8 @@ class SVDInbetweenGuider(io.ComfyNode):
             node_id="SVDInbetweenGuider",
             display_name="SVD Inbetween Guider",
             category=CATEGORY,
-            description="The dual-direction guider as a GUIDER for SamplerCustomAdvanced.",
+            description="The dual-direction guider as a GUIDER for SamplerCustomAdvanced (modes vibid and "
+                        "vibid_gi need SVDInbetweenViBiDSampler as SAMPLER).",
             inputs=[io.Model.Input("model", tooltip="SVD model; for mode gi, from SVDInbetweenLoadBackwardWeights."),
                     *_conds_inputs(), *_guidance_inputs()],
             outputs=[io.Guider.Output("guider", tooltip="Use with SamplerCustomAdvanced and SVDInbetweenRecurrentEuler.")],
@@ -102,6 +112,8 @@ class SVDInbetweenGuider(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive_start, negative_start, positive_end, negative_end, cfg, mode, forward_weight,
                 execution, guidance="constant", min_cfg=1.0) -> io.NodeOutput:
+        if mode in SEQUENTIAL_MODES:
+            check_vibid_model("SVDInbetweenGuider", model, mode)
         return io.NodeOutput(make_guider("SVDInbetweenGuider", model, positive_start, negative_start, positive_end,
                                          negative_end, cfg, mode, forward_weight, execution, guidance, min_cfg))
 
@@ -126,4 +138,32 @@ class SVDInbetweenRecurrentEuler(io.ComfyNode):
             fail("SVDInbetweenRecurrentEuler", "recurrence", str(e))
 
 
-__all__ = ["SVDInbetweenSampler", "SVDInbetweenGuider", "SVDInbetweenRecurrentEuler", "InbetweenInputError"]
+class SVDInbetweenViBiDSampler(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="SVDInbetweenViBiDSampler",
+            display_name="SVD Inbetween ViBiD Sampler",
+            category=CATEGORY,
+            description="ViBiDSampler's sequential bidirectional steps as a SAMPLER: per step a forward denoise "
+                        "from the start frame, re-noise, a backward denoise from the end frame. Use with "
+                        "SVDInbetweenGuider (mode vibid, or vibid_gi for the backward-motion model) in "
+                        "SamplerCustomAdvanced.",
+            inputs=[
+                io.Boolean.Input("cfg_pp", default=True,
+                                 tooltip="CFG++: step along the unconditional prediction (the authors' choice; "
+                                         "use cfg around 1). Off: plain Euler along the guided prediction."),
+                io.Boolean.Input("dds", default=True,
+                                 tooltip="Endpoint consistency: each half-step pins the far keyframe's frame of "
+                                         "the prediction to that keyframe's latent."),
+            ],
+            outputs=[io.Sampler.Output("sampler", tooltip="Use with SamplerCustomAdvanced and SVDInbetweenGuider.")],
+        )
+
+    @classmethod
+    def execute(cls, cfg_pp=True, dds=True) -> io.NodeOutput:
+        return io.NodeOutput(vibid_sampler(cfg_pp, dds))
+
+
+__all__ = ["SVDInbetweenSampler", "SVDInbetweenGuider", "SVDInbetweenRecurrentEuler", "SVDInbetweenViBiDSampler",
+           "InbetweenInputError"]

@@ -31,9 +31,12 @@ def tiny_prompt(api: dict, weights_name: str) -> dict:
             inputs.update(width=TINY["width"], height=TINY["height"], video_frames=TINY["frames"])
         elif ct == "SVDInbetweenLoadBackwardWeights":
             inputs["weights"] = weights_name
-        elif ct in ("SVDInbetweenSampler", "BasicScheduler"):
+        elif ct == "SVDInbetweenChain":
+            # 3-frame segments: the shipped chain (A, B, A) then has TINY["frames"] frames
+            inputs.update(width=TINY["width"], height=TINY["height"], frames="3")
+        if ct in ("SVDInbetweenSampler", "BasicScheduler", "SVDInbetweenChain"):
             inputs["steps"] = TINY["steps"]
-        if ct in ("SVDInbetweenSampler", "SVDInbetweenRecurrentEuler"):
+        if ct in ("SVDInbetweenSampler", "SVDInbetweenRecurrentEuler", "SVDInbetweenChain"):
             inputs["recurrence"] = TINY["recurrence"]
     return p
 

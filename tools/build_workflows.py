@@ -74,7 +74,60 @@ def custom_advanced():
     return g
 
 
-WORKFLOWS = {"svd_inbetween_full": full, "svd_inbetween_custom_advanced": custom_advanced}
+def vibid():
+    """The training-free fast mode: no backward weights, 25 steps, 2 UNet calls per step."""
+    g = common()
+    del g["4"]
+    g["6"] = {"class_type": "SVDInbetweenSampler", "inputs": {
+        "model": ["1", 0], "positive_start": ["5", 0], "negative_start": ["5", 1], "positive_end": ["5", 2],
+        "negative_end": ["5", 3], "latent_image": ["5", 4], "seed": 42, "steps": 25, "cfg": 1.0, "mode": "vibid",
+        "recurrence": 0, "recurrence_ratio": 0.5, "forward_weight": 0.5, "execution": "auto",
+        "scheduler": "karras", "guidance": "constant", "min_cfg": 1.0}}
+    g.update(output_nodes(["6", 0]))
+    return g
+
+
+def vibid_custom_advanced():
+    """ViBiD's schedule with the backward-motion model, as GUIDER + SAMPLER building blocks."""
+    g = common()
+    g["10"] = {"class_type": "SVDInbetweenGuider", "inputs": {
+        "model": ["4", 0], "positive_start": ["5", 0], "negative_start": ["5", 1], "positive_end": ["5", 2],
+        "negative_end": ["5", 3], "cfg": 1.0, "mode": "vibid_gi", "forward_weight": 0.5, "execution": "auto",
+        "guidance": "constant", "min_cfg": 1.0}}
+    g["11"] = {"class_type": "SVDInbetweenViBiDSampler", "inputs": {"cfg_pp": True, "dds": True}}
+    g["12"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 42}}
+    g["13"] = {"class_type": "BasicScheduler", "inputs": {"model": ["4", 0], "scheduler": "karras", "steps": 25,
+                                                          "denoise": 1.0}}
+    g["6"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["12", 0], "guider": ["10", 0], "sampler": ["11", 0], "sigmas": ["13", 0], "latent_image": ["5", 4]}}
+    g.update(output_nodes(["6", 0]))
+    return g
+
+
+def keyframe_chain():
+    """A loop A -> B -> A: three keyframes batched with ImageBatch, two segments, one video."""
+    g = common()
+    del g["5"]
+    g["10"] = {"class_type": "ImageBatch", "inputs": {"image1": ["2", 0], "image2": ["3", 0]}}
+    g["11"] = {"class_type": "ImageBatch", "inputs": {"image1": ["10", 0], "image2": ["2", 0]},
+               "_meta": {"title": "Keyframes A, B, A (a loop)"}}
+    g["6"] = {"class_type": "SVDInbetweenChain", "inputs": {
+        "model": ["4", 0], "clip_vision": ["1", 1], "vae": ["1", 2], "images": ["11", 0], "width": 1024,
+        "height": 576, "frames": "25", "motion_bucket_id": 127, "fps": 7, "augmentation_level": 0.02,
+        "resize": "crop", "seed": 42, "steps": 50, "cfg": 2.0, "mode": "gi", "recurrence": 5,
+        "recurrence_ratio": 0.5, "forward_weight": 0.5, "execution": "auto", "scheduler": "karras",
+        "cfg_pp": True, "dds": True}}
+    out = output_nodes(["6", 0])
+    del out["7"]
+    out["8"]["inputs"]["images"] = ["6", 0]
+    out["9"]["inputs"]["filename_prefix"] = "video/svd_inbetween_chain"
+    g.update(out)
+    return g
+
+
+WORKFLOWS = {"svd_inbetween_full": full, "svd_inbetween_custom_advanced": custom_advanced,
+             "svd_inbetween_vibid": vibid, "svd_inbetween_vibid_custom_advanced": vibid_custom_advanced,
+             "svd_inbetween_keyframe_chain": keyframe_chain}
 
 
 def main() -> None:
