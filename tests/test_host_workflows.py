@@ -14,7 +14,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 API_DIR = os.path.join(REPO, "workflows", "api")
 UI_DIR = os.path.join(REPO, "workflows")
 NODE_IDS = {"SVDInbetweenConditioning", "SVDInbetweenLoadBackwardWeights", "SVDInbetweenSampler",
-            "SVDInbetweenGuider", "SVDInbetweenRecurrentEuler"}
+            "SVDInbetweenGuider", "SVDInbetweenRecurrentEuler", "SVDInbetweenViBiDSampler", "SVDInbetweenChain"}
+# API twins that run the same method two ways and must give the same latent
+SAME_METHOD = [("svd_inbetween_full.json", "svd_inbetween_custom_advanced.json")]
 
 
 def run_job(tmp_path, kind: str, **extra) -> dict:
@@ -65,8 +67,10 @@ def test_shipped_workflows_run_in_process(tmp_path):
         assert r["videos"] == [{"frames": 5, "width": 64, "height": 64}], name
         assert r["latent_shape"] == [5, 4, 8, 8]
     # the all-in-one sampler and the SamplerCustomAdvanced composition are the same method
-    sums = {r["latent_sum"] for r in res.values()}
-    assert len(sums) == 1
+    for a, b in SAME_METHOD:
+        assert res[a]["latent_sum"] == res[b]["latent_sum"], (a, b)
+    # the fast and the chained workflows are other methods
+    assert len({r["latent_sum"] for r in res.values()}) == len(res) - len(SAME_METHOD)
 
 
 @pytest.mark.server
