@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
+from ..attention_patch.layers import MODE_HELP, MODES
+
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(PACK_DIR, "workflows", "api", "svd_inbetween_full.json")
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -34,7 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output .mp4 (single pair) or folder (batch)")
     p.add_argument("--checkpoint", required=True, help="SVD checkpoint .safetensors (e.g. svd_xt.safetensors)")
     p.add_argument("--backward", help="backward-motion weights .safetensors (needed for mode gi)")
-    p.add_argument("--mode", default="gi", choices=("gi", "gi_no_finetune", "trf"))
+    p.add_argument("--mode", default="gi", choices=MODES, help="; ".join(f"{k}: {v}" for k, v in MODE_HELP.items()))
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--height", type=int, default=576)
     p.add_argument("--frames", type=int, default=25)
@@ -124,8 +126,9 @@ def run_pairs(session, args, pairs: list[Pair], workdir: str, transform=None) ->
     if args.backward:
         backward = os.path.abspath(args.backward)
         folder_paths.add_model_folder_path("svd_inbetween", os.path.dirname(backward), is_default=True)
-    elif args.mode == "gi":
-        raise SystemExit("svd-inbetween run: mode gi needs --backward WEIGHTS (or use --mode gi_no_finetune / trf)")
+    elif args.mode in ("gi", "vibid_gi"):
+        raise SystemExit(f"svd-inbetween run: mode {args.mode} needs --backward WEIGHTS "
+                         "(or use --mode gi_no_finetune, trf or vibid)")
     written = []
     for i, pair in enumerate(tqdm(pairs, desc="clips", disable=len(pairs) < 2)):
         names = []
