@@ -39,7 +39,7 @@ class SVDInbetweenConditioning(io.ComfyNode):
                 io.Combo.Input("resize", options=list(RESIZE_MODES), default="crop",
                                tooltip="crop: fill the frame, centre-crop (keeps aspect); stretch: distort to "
                                        "fit (the research code); pad: fit inside, grey borders."),
-                io.Int.Input("noise_seed", default=0, min=0, max=0xffffffffffffffff,
+                io.Int.Input("noise_seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="Seed of the augmentation noise (one noise shared by both keyframes)."),
             ],
             outputs=[

@@ -66,7 +66,8 @@ def api_to_ui(api: dict, classes: dict) -> dict:
             elif not _is_widget(typ):
                 ins.append({"name": name, "type": typ if isinstance(typ, str) else "COMBO", "link": None})
         node_inputs[nid] = ins
-    column = {}
+    column: dict[str, int] = {}
+    column_bottom: dict[int, int] = {}
     for order, nid in enumerate(ids):
         node_class = classes[api[nid]["class_type"]]
         depth = 0
@@ -74,13 +75,18 @@ def api_to_ui(api: dict, classes: dict) -> dict:
             if isinstance(v, list):
                 depth = max(depth, column.get(v[0], 0) + 1)
         column[nid] = depth
-        row = sum(1 for other in ids[:order] if column[other] == depth)
         outs = [{"name": n, "type": t, "links": out_links.get((nid, i), []), "slot_index": i}
                 for i, (n, t) in enumerate(_outputs(node_class))]
-        node = {"id": int(nid), "type": api[nid]["class_type"], "pos": [40 + 380 * depth, 40 + 300 * row],
-                "size": [340, 260], "flags": {}, "order": order, "mode": 0, "inputs": node_inputs[nid],
+        widgets = widget_values(node_class, api[nid]["inputs"])
+        slots = max(len(node_inputs[nid]), len(outs))
+        # roughly what the frontend draws: a title, one row per slot and per widget (an image preview for LoadImage)
+        height = 40 + 22 * (slots + len(widgets)) + (160 if api[nid]["class_type"] == "LoadImage" else 0)
+        top = column_bottom.get(depth, 40)
+        column_bottom[depth] = top + height + 40
+        node = {"id": int(nid), "type": api[nid]["class_type"], "pos": [40 + 360 * depth, top],
+                "size": [320, height], "flags": {}, "order": order, "mode": 0, "inputs": node_inputs[nid],
                 "outputs": outs, "properties": {"Node name for S&R": api[nid]["class_type"]},
-                "widgets_values": widget_values(node_class, api[nid]["inputs"])}
+                "widgets_values": widgets}
         if "_meta" in api[nid]:
             node["title"] = api[nid]["_meta"]["title"]
         nodes.append(node)
