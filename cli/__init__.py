@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-SUBCOMMANDS = ("run", "convert")
+SUBCOMMANDS = ("run", "convert", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -94,7 +94,7 @@ def main() -> None:
         job = json.load(f)
     setup_comfy()
     import_pack()
-    result = {"workflows": job_workflows, "cli_run": job_cli_run}[job["kind"]](job)
+    result = {"workflows": job_workflows, "cli_run": job_cli_run, "cli_eval": job_cli_eval}[job["kind"]](job)
     print("RESULT:" + json.dumps(result))
 
 
@@ -134,6 +134,78 @@ def job_cli_run(job: dict) -> dict:
     written = run_pairs(session, batch, collect_pairs(batch), base, transform)
     out["batch"] = sorted(os.path.basename(p) for p in written)
     return out
+
+
+def job_cli_eval(job: dict) -> dict:
+    """`svd-inbetween eval` plumbing on tiny random models with tiny stand-in extractors (not quality numbers):
+    ground truth from an mp4 and a frame folder, two variants, then a resumed run that must generate nothing."""
+    import csv
+
+    import av
+    import numpy as np
+    from PIL import Image
+    from svd_inbetween.cli import build_parser
+    from svd_inbetween.cli.comfy_session import ComfySession
+    from svd_inbetween.cli.eval import evaluate
+    from svd_inbetween.evaluation.harness import Scorers
+
+    base = job["base"]
+    weights = prepare_base(base)
+    gt = os.path.join(base, "gt")
+    os.makedirs(os.path.join(gt, "frames"))
+    rng = np.random.default_rng(2)
+    scene = rng.integers(0, 255, (80, 120, 3), dtype=np.uint8)
+    with av.open(os.path.join(gt, "clip.mp4"), "w") as c:
+        s = c.add_stream("libx264", rate=8)
+        s.width, s.height, s.pix_fmt = 96, 80, "yuv420p"
+        for i in range(5):
+            for packet in s.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(scene[:, 3 * i:3 * i + 96]), format="rgb24")):
+                c.mux(packet)
+        for packet in s.encode():
+            c.mux(packet)
+    for i in range(5):
+        Image.fromarray(np.roll(scene[:, :96], 4 * i, axis=0)).save(os.path.join(gt, "frames", f"{i:02d}.png"))
+    ckpt = os.path.join(base, "fake_ckpt.safetensors")
+    open(ckpt, "wb").close()
+    session = ComfySession(base_directory=base, cpu=True, extra_custom_nodes=(os.path.join(HERE, "tiny_pack"),))
+    prompts = []
+
+    def transform(prompt):
+        prompts.append(prompt)
+        tiny = tiny_prompt(prompt, weights)
+        sampler = next(n for n in tiny.values() if n["class_type"] == "SVDInbetweenSampler")
+        sampler["inputs"].update(steps=1, recurrence=0)  # one UNet call per clip: this test is about bookkeeping
+        return tiny
+
+    def pooled(frames):
+        import torch
+        t = torch.from_numpy(np.asarray(frames)).double().movedim(-1, 1)
+        return torch.nn.functional.adaptive_avg_pool2d(t, 2).flatten(1).numpy()
+
+    def clip_means(clips):
+        return np.asarray(clips, dtype=np.float64).mean(axis=(2, 3)).reshape(len(clips), -1)
+
+    def abs_diff(a, b):
+        return (a - b).abs().flatten(1).mean(1)
+
+    scorers = Scorers(lpips=abs_diff, frame_features=pooled, clip_features=clip_means)
+    out = os.path.join(base, "eval")
+    argv = ["eval", gt, "-o", out, "--checkpoint", ckpt, "--backward", os.path.join(base, "models", "svd_inbetween", weights),
+            "--frames", "5", "--window", "5", "--steps", "2", "--width", "64", "--height", "64", "--cpu",
+            "--seed", "11", "--mode", "gi", "--mode", "gi_no_finetune:cfg=1.5,seed=5"]
+    first = evaluate(build_parser().parse_args(argv), session, transform, scorers)
+    generated_first = len(prompts)
+    with open(os.path.join(out, "clips.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    second = evaluate(build_parser().parse_args(argv), session, transform, scorers)
+    videos = sorted(os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(os.path.join(out, "videos")) for f in fs)
+    return {"summary": first, "summary_again": second, "generated": generated_first,
+            "generated_on_resume": len(prompts) - generated_first,
+            "sampler_seeds": [n["inputs"]["seed"] for p in prompts for n in p.values()
+                              if n["class_type"] == "SVDInbetweenSampler"], "rows": rows,
+            "files": sorted(os.listdir(out)), "sheets": sorted(os.listdir(os.path.join(out, "sheets"))),
+            "videos": {v: video_info(os.path.join(out, v)) for v in videos},
+            "plot_size": list(Image.open(os.path.join(out, "lpips_per_frame.png")).size)}
 
 
 if __name__ == "__main__":
