@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-SUBCOMMANDS = ("run", "convert", "eval")
+SUBCOMMANDS = ("run", "convert", "eval", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
