@@ -68,7 +68,9 @@ class TemporalAttentionProxy(nn.Module):
             if is_backward(c):
                 continue
             if not run.needs_maps(self.layer, c):
-                outs[i] = self.original(xs[i], transformer_options=transformer_options)
+                outs[i] = self.original(xs[i], context=None if context is None else ctx[i],
+                                        value=None if value is None else val[i],
+                                        transformer_options=transformer_options)
                 continue
             probs = attention_probs(self.to_q(xs[i]), self.to_k(ctx[i]), self.heads)
             outs[i] = self.to_out(apply_probs(probs, self.to_v(val[i])))
@@ -81,12 +83,22 @@ class TemporalAttentionProxy(nn.Module):
                 continue
             partner = PARTNER[c]
             probs = local.pop(partner) if partner in local else run.take(self.layer, partner)
-            use_finetuned = run.finetuned and self.has_backward_weights
-            to_v = self.backward_to_v if use_finetuned else self.to_v
-            v = to_v(val[i])
-            h = apply_probs(rot180(probs), v)
-            outs[i] = self.backward_to_out(h) if use_finetuned else self.to_out(h)
+            to_v, to_out = self._backward_projections(x.device) if run.finetuned and self.has_backward_weights \
+                else (self.to_v, self.to_out)
+            outs[i] = to_out(apply_probs(rot180(probs), to_v(val[i])))
         return torch.cat(outs)
+
+    def _backward_projections(self, device: torch.device):
+        """W_v', W_o' on the compute device.
+
+        ComfyUI moves them with the model when it loads this clone, but not when another
+        clone of the same model is already loaded (partially_load then returns early);
+        layers that ComfyUI casts per call are left to it.
+        """
+        for lin in (self.backward_to_v, self.backward_to_out):
+            if lin.weight.device != device and not getattr(lin, "comfy_cast_weights", False):
+                lin.to(device)
+        return self.backward_to_v, self.backward_to_out
 
 
 def _linear_like(template: nn.Module, weight: torch.Tensor, bias) -> nn.Module:

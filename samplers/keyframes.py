@@ -34,9 +34,13 @@ def fit_image(image: torch.Tensor, width: int, height: int, mode: str) -> torch.
     raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
 
 
+# Keeps the augmentation noise off the initial-noise stream when noise_seed == seed.
+AUGMENTATION_STREAM = 0x4A06_5EED
+
+
 def augmentation_noise(shape, seed: int) -> torch.Tensor:
     """One noise tensor, shared by both keyframes as in the authors' pipeline."""
-    g = torch.Generator(device="cpu").manual_seed(seed)
+    g = torch.Generator(device="cpu").manual_seed((seed + AUGMENTATION_STREAM) % (2 ** 63))
     return torch.randn(shape, generator=g)
 
 

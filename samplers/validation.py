@@ -33,6 +33,10 @@ def check_model(node: str, model, mode: str) -> None:
     if not isinstance(getattr(model, "model", None), comfy.model_base.SVD_img2vid):
         fail(node, "model", f"expected a Stable Video Diffusion img2vid model, got "
              f"{type(getattr(model, 'model', model)).__name__}; load SVD with ImageOnlyCheckpointLoader")
+    replaced = model.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1")
+    if replaced and mode in ("gi", "gi_no_finetune", "vibid_gi"):
+        fail(node, "model", "carries attn1 replace patches (from another node); in ComfyUI they also replace the "
+             "temporal self-attention, which would silently skip the rotated maps: remove them for this mode")
     try:
         temporal_attn1_paths(model)
     except NotSVDModelError as e:
@@ -55,7 +59,16 @@ def check_conds_fit_model(node: str, model, conds: dict[str, list]) -> None:
 def _first(node: str, name: str, cond):
     if not cond or not isinstance(cond, list) or len(cond[0]) != 2:
         fail(node, name, "empty or malformed CONDITIONING; use SVDInbetweenConditioning or SVD_img2vid_Conditioning")
+    if len(cond) != 1:
+        fail(node, name, f"has {len(cond)} entries (combined or concatenated conditioning); the backward pass pairs "
+             "one start entry with one end entry: connect the conditioning node's output directly")
     tensor, extra = cond[0]
+    unsupported = [k for k in ("area", "mask", "hooks", "control", "gligen") if extra.get(k) is not None]
+    if extra.get("start_percent", 0.0) != 0.0 or extra.get("end_percent", 1.0) != 1.0:
+        unsupported.append("timestep range")
+    if unsupported:
+        fail(node, name, f"carries {', '.join(unsupported)}; the dual-direction sampler needs plain SVD "
+             "conditioning that applies to every frame at every step")
     if "concat_latent_image" not in extra:
         fail(node, name, "not SVD conditioning (no concat_latent_image); use SVDInbetweenConditioning "
              "or SVD_img2vid_Conditioning")

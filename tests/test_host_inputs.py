@@ -144,3 +144,28 @@ def test_missing_weights_file_is_refused_at_queue_time():
     from svd_inbetween.nodes.weights import SVDInbetweenLoadBackwardWeights
     msg = SVDInbetweenLoadBackwardWeights.validate_inputs(weights="no_such_file.safetensors")
     assert isinstance(msg, str) and "SVDInbetweenLoadBackwardWeights" in msg and "no_such_file" in msg
+
+
+def test_conditioning_the_backward_pass_cannot_pair_is_refused(tiny):
+    import node_helpers
+    ps, ns, pe, ne, lat = tiny.conds
+    combined = ps + ps
+    assert "2 entries" in errors(lambda: sample(tiny, conds=(combined, ns, pe, ne, lat)))
+    ranged = node_helpers.conditioning_set_values(pe, {"start_percent": 0.0, "end_percent": 0.5})
+    msg = errors(lambda: sample(tiny, conds=(ps, ns, ranged, ne, lat)))
+    assert "positive_end" in msg and "timestep range" in msg
+
+
+def test_attn1_replace_patches_are_refused_for_rotating_modes(tiny):
+    patched = tiny.model_gi.clone()
+    patched.set_model_attn1_replace(lambda q, k, v, extra: q, "input", 1)
+    assert "attn1 replace" in errors(lambda: sample(tiny, model=patched))
+
+
+def test_backward_weights_follow_the_compute_device(tiny):
+    """A proxy built while its model sat elsewhere moves W_v'/W_o' to the input's device when used."""
+    from svd_inbetween.attention_patch.layers import proxies, with_proxies
+    own = with_proxies(tiny.model, tiny.backward)  # fresh proxies: the shared fixture's stay untouched
+    proxy = next(p for p in proxies(own).values())
+    to_v, to_out = proxy._backward_projections(torch.device("meta"))
+    assert to_v.weight.device.type == "meta" and to_out.weight.device.type == "meta"

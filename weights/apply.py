@@ -16,11 +16,20 @@ log = logging.getLogger(__name__)
 
 
 def model_base_weights(model_patcher) -> dict:
-    """layer path -> the model's own (W_v, W_o) of each temporal attn1."""
+    """layer path -> the model's own (W_v, W_o) of each temporal attn1.
+
+    While some clone of this model is loaded with weight patches (a LoRA), the live
+    tensors hold patched values; ComfyUI keeps the originals in the backup shared by
+    all clones, so read those when present.
+    """
     out = {}
     for path in temporal_attn1_paths(model_patcher):
         mod = original_module(model_patcher, path)
-        out[path] = (mod.to_v.weight, mod.to_out[0].weight)
+        pair = []
+        for suffix, live in (("to_v.weight", mod.to_v.weight), ("to_out.0.weight", mod.to_out[0].weight)):
+            saved = model_patcher.backup.get(f"diffusion_model.{path}.{suffix}")
+            pair.append(saved.weight if saved is not None else live)
+        out[path] = tuple(pair)
     return out
 
 
