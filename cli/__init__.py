@@ -7,7 +7,7 @@ import importlib
 import logging
 import sys
 
-SUBCOMMANDS = ("run", "convert", "eval", "train")
+SUBCOMMANDS = ("run", "convert", "train", "bench", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:

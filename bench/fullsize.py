@@ -1,0 +1,203 @@
+"""Full-size accounting of SVD-XT inbetweening without weights or a GPU.
+
+The real SVD-XT UNet is built with ComfyUI's classes on the meta device (shapes only,
+no memory, no downloads) and run once per question:
+- FLOPs of one UNet call of one 25-frame video: torch.utils.flop_counter.FlopCounterMode
+  (matmuls, convolutions and attention; element-wise work is not counted);
+- the live activation peak of one UNet call of N videos: a dispatch mode that adds up the
+  bytes of every tensor an op creates and subtracts them when the tensor is freed, with
+  spatial attention replaced by a flash-style op that never holds the N x N scores
+  (what a GPU build runs); allocator fragmentation and kernel workspaces are not included;
+- the input shape of every temporal attn1, from which the stored-map bytes and the Q/K
+  work the one-model design skips follow exactly.
+"""
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode
+
+from .models import ARCH, svd_base_model
+
+H100_BF16_DENSE_FLOPS = 989e12
+
+
+@dataclass(frozen=True)
+class TemporalLayer:
+    path: str
+    rows: int       # (position) rows per video: latent h*w at this layer's resolution
+    channels: int
+    heads: int
+
+
+class LiveBytes(TorchDispatchMode):
+    """Peak bytes of tensors created by ops inside the mode and still referenced (per storage)."""
+
+    def __init__(self):
+        super().__init__()
+        self.current = 0
+        self.peak = 0
+        self._storages: dict[int, list[int]] = {}
+        self._tracked: set[int] = set()
+
+    def _release(self, key: int, tensor_id: int) -> None:
+        self._tracked.discard(tensor_id)
+        entry = self._storages[key]
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self._storages[key]
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or id(t) in self._tracked:
+                continue
+            storage = t.untyped_storage()
+            key = storage._cdata
+            if key not in self._storages:
+                self._storages[key] = [storage.nbytes(), 0]
+                self.current += storage.nbytes()
+                self.peak = max(self.peak, self.current)
+            self._storages[key][1] += 1
+            self._tracked.add(id(t))
+            weakref.finalize(t, self._release, key, id(t))
+        return out
+
+
+def _flash_like(func, q, k, v, heads, *args, **kwargs):
+    """Attention output without materialising scores (memory of a fused kernel)."""
+    return torch.empty(q.shape[0], q.shape[1], v.shape[-1], device=q.device, dtype=q.dtype)
+
+
+def _sdpa(func, *args, **kwargs):
+    """Force ComfyUI's PyTorch-SDPA attention, whose work the flop counter sees on the meta device."""
+    import comfy.ldm.modules.attention
+    return comfy.ldm.modules.attention.attention_pytorch(*args, **kwargs)
+
+
+def _unet_inputs(arch: str, videos: int, frames: int, height: int, width: int, dtype):
+    n = videos * frames
+    meta = dict(device="meta", dtype=dtype)
+    return (torch.empty(n, 8, height // 8, width // 8, **meta), torch.empty(n, device="meta"),
+            dict(context=torch.empty(n, 1, ARCH[arch].context_dim, **meta), y=torch.empty(n, 768, **meta),
+                 num_video_frames=frames))
+
+
+def _temporal_paths(unet) -> list[str]:
+    from ..attention_patch.layers import TEMPORAL_ATTN1
+    return [name for name, _ in unet.named_modules() if TEMPORAL_ATTN1.match(name)]
+
+
+@torch.no_grad()
+def count_flops(unet, arch: str, frames: int, height: int, width: int, dtype=torch.float16):
+    """(FLOPs of one UNet call of one video, the temporal attn1 layers' shapes)."""
+    x, t, kw = _unet_inputs(arch, 1, frames, height, width, dtype)
+    layers: list[TemporalLayer] = []
+    handles = []
+    for path in _temporal_paths(unet):
+        mod = unet.get_submodule(path)
+
+        def probe(module, args, path=path):
+            rows, _, channels = args[0].shape
+            layers.append(TemporalLayer(path, rows, channels, module.heads))
+        handles.append(mod.register_forward_pre_hook(probe))
+    try:
+        with FlopCounterMode(display=False) as counter:
+            unet(x, t, transformer_options={"optimized_attention_override": _sdpa}, **kw)
+    finally:
+        for h in handles:
+            h.remove()
+    return counter.get_total_flops(), layers
+
+
+@torch.no_grad()
+def activation_peak(unet, arch: str, videos: int, frames: int, height: int, width: int, dtype=torch.float16) -> int:
+    """Live-tensor peak bytes of one UNet call of `videos` videos (weights excluded)."""
+    x, t, kw = _unet_inputs(arch, videos, frames, height, width, dtype)
+    with LiveBytes() as live:
+        out = unet(x, t, transformer_options={"optimized_attention_override": _flash_like}, **kw)
+        del out
+    return live.peak
+
+
+def temporal_attn1_flops(layer: TemporalLayer, frames: int) -> dict[str, int]:
+    """Matmul FLOPs of one temporal attn1 for one video, split by what the backward pass needs."""
+    r, t, c = layer.rows, frames, layer.channels
+    proj = 2 * r * t * c * c
+    return {"q_k": 2 * proj, "scores": 2 * r * t * t * c, "v_out": 2 * proj, "probs_v": 2 * r * t * t * c}
+
+
+def map_bytes_per_video(layers: list[TemporalLayer], frames: int, element: int) -> int:
+    return sum(layer.rows * layer.heads * frames * frames * element for layer in layers)
+
+
+def accounting(arch: str = "full", width: int = 1024, height: int = 576, frames: int = 25, steps: int = 50,
+               recurrence: int = 5, recurrence_ratio: float = 0.5, peak_flops: float = H100_BF16_DENSE_FLOPS,
+               dtype: torch.dtype = torch.float16) -> dict:
+    """FLOPs, physical floor and memory budget of one GI clip, per scheme (gi mode: all 16 layers rotate)."""
+    base = svd_base_model(arch, dtype, "meta")
+    unet = base.diffusion_model
+    element = torch.finfo(dtype).bits // 8
+    params = sum(p.numel() for p in unet.parameters())
+    flops_video, layers = count_flops(unet, arch, frames, height, width, dtype)
+    fused = steps + recurrence * int(steps * recurrence_ratio)
+    skipped = sum(f["q_k"] + f["scores"] for f in (temporal_attn1_flops(l, frames) for l in layers))
+    w_prime = sum(2 * l.channels * l.channels for l in layers) * element
+    maps_call = 2 * map_bytes_per_video(layers, frames, element)  # a CFG pair: uncond + cond
+    largest_layer_maps = 2 * max(l.rows * l.heads for l in layers) * frames * frames * element
+    act2 = activation_peak(unet, arch, 2, frames, height, width, dtype)
+    act4 = activation_peak(unet, arch, 4, frames, height, width, dtype)
+    weights = params * element
+    flops = {"reference": fused * 4 * flops_video, "sequential": fused * (4 * flops_video - 2 * skipped),
+             "batched": fused * (4 * flops_video - 2 * skipped)}
+    memory = {
+        "reference": {"weights": 2 * weights, "maps": maps_call, "activations": act2},
+        "sequential": {"weights": weights + w_prime, "maps": maps_call, "activations": act2},
+        "batched": {"weights": weights + w_prime, "maps": 0, "activations": act4},
+    }
+    for m in memory.values():
+        m["total"] = m["weights"] + m["maps"] + m["activations"]
+    return {
+        "arch": arch, "width": width, "height": height, "frames": frames, "dtype": str(dtype).replace("torch.", ""),
+        "steps": steps, "recurrence": recurrence, "recurrence_ratio": recurrence_ratio,
+        "unet_params": params, "flops_per_video_call": flops_video, "fused_evaluations": fused,
+        "videos_per_fused_evaluation": 4, "qk_flops_skipped_per_backward_video": skipped,
+        "peak_flops": peak_flops, "flops": flops,
+        "floor_s": {k: v / peak_flops for k, v in flops.items()},
+        "unet_calls": {"reference": 2 * fused, "sequential": 2 * fused, "batched": fused},
+        "maps_per_unet_call": maps_call, "largest_layer_maps": largest_layer_maps,
+        "temporal_layers": [l.__dict__ for l in layers], "memory": memory,
+    }
+
+
+def format_accounting(a: dict) -> list[str]:
+    gib = 2 ** 30
+    dt = a["dtype"]
+    lines = [
+        f"Full-size accounting: SVD-XT UNet ({a['unet_params'] / 1e9:.3f} B params) at {a['width']}x{a['height']}x"
+        f"{a['frames']}, {dt}, meta device (no weights, no GPU)",
+        f"  FLOPs per UNet call of one video (FlopCounterMode): {a['flops_per_video_call'] / 1e12:.2f} TFLOP",
+        f"  GI clip: {a['steps']} steps + {int(a['steps'] * a['recurrence_ratio'])} x {a['recurrence']} recurrence = "
+        f"{a['fused_evaluations']} fused evaluations x {a['videos_per_fused_evaluation']} videos "
+        f"(2 directions x CFG 2)",
+        f"  Q/K work the one-model backward pass skips: {a['qk_flops_skipped_per_backward_video'] / 1e12:.3f} TFLOP per "
+        f"backward video ({100 * a['qk_flops_skipped_per_backward_video'] / a['flops_per_video_call']:.1f}% of a call)",
+        f"  maps stored per UNet call (16 layers, CFG pair, {dt}): {a['maps_per_unet_call'] / gib:.3f} GiB; "
+        f"largest single layer: {a['largest_layer_maps'] / 2 ** 20:.0f} MiB",
+        f"  {'scheme':<11} {'UNet calls':>10} {'PFLOP':>8} {'H100 floor s':>12} {'weights':>9} {'maps':>7} "
+        f"{'activations':>11} {'total GiB':>9}",
+    ]
+    for s in ("reference", "sequential", "batched"):
+        m = a["memory"][s]
+        lines.append(f"  {s:<11} {a['unet_calls'][s]:>10} {a['flops'][s] / 1e15:>8.2f} {a['floor_s'][s]:>12.1f} "
+                     f"{m['weights'] / gib:>9.2f} {m['maps'] / gib:>7.2f} {m['activations'] / gib:>11.2f} "
+                     f"{m['total'] / gib:>9.2f}")
+    lines.append(f"  floor = FLOPs / {a['peak_flops'] / 1e12:.0f} TFLOP/s (H100 SXM bf16 dense peak); activations = "
+                 "live-tensor peak of one UNet call (2 videos; batched: 4), flash-style attention, no allocator "
+                 "overhead; maps held across the forward/backward call pair (batched holds none between calls)")
+    return lines

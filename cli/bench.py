@@ -1,0 +1,80 @@
+"""`svd-inbetween bench`: the one-model design against the research code's two-model scheme.
+
+Prints a table per (mode, scheme), the full-size SVD-XT accounting, and as its last line
+one JSON object keyed "<mode>/<scheme>" with unet_calls, wall_s, peak_bytes, map_bytes and
+max_abs_diff (among others).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="benchmark the one-model design against the research scheme",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--comfyui", default=None, help="ComfyUI checkout (default: $COMFYUI_PATH or ~/ComfyUI)")
+    p.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is present")
+    p.add_argument("--arch", choices=("tiny", "full"), default="tiny",
+                   help="tiny: SVD-XT's block structure at 1/10 width (default); full: the SVD-XT architecture "
+                        "with random weights (GPU only in practice)")
+    p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
+    p.add_argument("--width", type=int, default=64)
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--frames", type=int, default=5)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--recurrence", type=int, default=5)
+    p.add_argument("--recurrence-ratio", type=float, default=0.5)
+    p.add_argument("--cfg", type=float, default=2.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--repeats", type=int, default=3, help="runs per scheme; wall time is their median")
+    p.add_argument("--modes", default="gi,gi_no_finetune,trf", help="comma-separated: gi, gi_no_finetune, trf")
+    p.add_argument("--full-size-accounting", dest="full_size", action=argparse.BooleanOptionalAction, default=True,
+                   help="also print the SVD-XT 1024x576x25 FLOP / floor / memory accounting (meta device, ~10 s)")
+    p.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="accelerator peak used for the floor (default: H100 SXM bf16 dense)")
+    p.set_defaults(func=run)
+
+
+def setup_comfyui(path: str | None, cpu: bool) -> None:
+    """Make ComfyUI importable; CPU mode when asked or when torch sees no GPU (before model_management loads)."""
+    root = os.path.expanduser(path or os.environ.get("COMFYUI_PATH", "~/ComfyUI"))
+    if not os.path.isfile(os.path.join(root, "comfy", "model_patcher.py")):
+        raise SystemExit(f"svd-inbetween bench: no ComfyUI checkout at {root}; pass --comfyui or set COMFYUI_PATH")
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import torch
+    import comfy.cli_args
+    if cpu or not torch.cuda.is_available():
+        comfy.cli_args.args.cpu = True
+
+
+def run(args) -> int:
+    setup_comfyui(args.comfyui, args.cpu)
+    import comfy.utils
+
+    from ..bench.fullsize import accounting, format_accounting
+    from ..bench.runner import TOLERANCE, Settings, format_table, json_line, machine, run_bench
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    s = Settings(arch=args.arch, width=args.width, height=args.height, frames=args.frames, steps=args.steps,
+                 recurrence=args.recurrence, recurrence_ratio=args.recurrence_ratio, cfg=args.cfg, seed=args.seed,
+                 repeats=args.repeats, dtype=args.dtype, modes=modes)
+    results = run_bench(s)
+    for line in format_table(s, results, machine()):
+        print(line)
+    if args.full_size:
+        print()
+        for line in format_accounting(accounting(peak_flops=args.peak_tflops * 1e12)):
+            print(line)
+    print(json_line(results))
+    bad = [k for k, r in results.items() if r["max_abs_diff"] > TOLERANCE[s.dtype] or not r["repeatable"]]
+    if bad:
+        log.error("svd-inbetween bench: %s differ from the reference by more than %g or are not repeatable",
+                  ", ".join(bad), TOLERANCE[s.dtype])
+    return 1 if bad else 0
