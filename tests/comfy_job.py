@@ -83,7 +83,8 @@ def job_workflows(job: dict) -> dict:
             for item in out.get("images", []):
                 path = os.path.join(base, "output", item.get("subfolder", ""), item["filename"])
                 videos.append(video_info(path))
-        latent = session.node_output("6")[0][0]["samples"]
+        # node 6 makes the video latent; find its LATENT among its outputs (the chain's is the second)
+        latent = next(o[0] for o in session.node_output("6") if isinstance(o[0], dict))["samples"]
         results[fname] = {"videos": videos, "latent_shape": list(latent.shape),
                           "latent_sum": float(latent.double().sum())}
     return results
