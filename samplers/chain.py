@@ -98,7 +98,8 @@ def sample_chain(node: str, model, clip_vision, vae, images: torch.Tensor, width
     from .keyframes import augment, augmentation_noise, fit_image, svd_conds
     from .recurrent_euler import recurrent_euler_sampler
     from .validation import check_inputs, check_model
-    from .vibid import SEQUENTIAL_MODES, check_vibid_model, run_guider, vibid_sampler
+    from .run import run_guider
+    from .vibid import SEQUENTIAL_MODES, check_vibid_model, vibid_sampler
 
     check_images(node, images)
     if width % 8 or height % 8:

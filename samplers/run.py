@@ -1,8 +1,6 @@
 """One call from node inputs to sampled latents; shared by the nodes and the CLI."""
 from __future__ import annotations
 
-import torch
-
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
@@ -10,10 +8,10 @@ import comfy.utils
 import latent_preview
 
 from ..attention_patch.layers import with_proxies
+from .execution import EXECUTIONS
 from .guidance import linear_cfg
 from .guider import SVDInbetweenGuider
 from .recurrent_euler import recurrent_euler_sampler
-from .execution import EXECUTIONS
 from .validation import check_choice, check_conds_fit_model, check_inputs, check_model, fail
 
 
@@ -46,12 +44,20 @@ def sample_inbetween(node: str, model, positive_start, negative_start, positive_
                      callback=None) -> dict:
     samples = latent["samples"]
     check_inputs(node, {"positive_start": positive_start, "positive_end": positive_end}, samples, steps=steps)
-    check_choice(node, "scheduler", scheduler, comfy.samplers.SCHEDULER_NAMES)
     guider = make_guider(node, model, positive_start, negative_start, positive_end, negative_end, cfg, mode,
                          forward_weight, execution, guidance, min_cfg)
-    sampler = recurrent_euler_sampler(recurrence, recurrence_ratio)
+    return run_guider(node, guider, latent, seed, steps, scheduler, recurrent_euler_sampler(recurrence, recurrence_ratio),
+                      callback)
+
+
+def run_guider(node: str, guider, latent: dict, seed: int, steps: int, scheduler: str, sampler,
+               callback=None) -> dict:
+    """Sigmas, seeded initial noise, progress bar, guider.sample -> a LATENT dict (as KSampler does)."""
+    check_choice(node, "scheduler", scheduler, comfy.samplers.SCHEDULER_NAMES)
+    if steps < 1:
+        fail(node, "steps", f"must be >= 1, got {steps}")
     sigmas = comfy.samplers.calculate_sigmas(guider.model_patcher.get_model_object("model_sampling"), scheduler, steps)
-    samples = comfy.sample.fix_empty_latent_channels(guider.model_patcher, samples)
+    samples = comfy.sample.fix_empty_latent_channels(guider.model_patcher, latent["samples"])
     noise = comfy.sample.prepare_noise(samples, seed)
     if callback is None:
         callback = latent_preview.prepare_callback(guider.model_patcher, steps)

@@ -132,33 +132,6 @@ def check_vibid_model(node: str, model, mode: str) -> None:
              "before this node, or pick mode 'vibid'")
 
 
-def run_guider(node: str, guider, latent: dict, seed: int, steps: int, scheduler: str, sampler,
-               callback=None) -> dict:
-    """Sigmas, seeded initial noise, progress bar, guider.sample -> a LATENT dict (as KSampler does)."""
-    import comfy.model_management
-    import comfy.sample
-    import comfy.samplers
-    import comfy.utils
-    import latent_preview
-
-    from .validation import fail
-
-    if steps < 1:
-        fail(node, "steps", f"must be >= 1, got {steps}")
-    if scheduler not in comfy.samplers.SCHEDULER_NAMES:
-        fail(node, "scheduler", f"unknown scheduler {scheduler!r}")
-    sigmas = comfy.samplers.calculate_sigmas(guider.model_patcher.get_model_object("model_sampling"), scheduler, steps)
-    samples = comfy.sample.fix_empty_latent_channels(guider.model_patcher, latent["samples"])
-    noise = comfy.sample.prepare_noise(samples, seed)
-    if callback is None:
-        callback = latent_preview.prepare_callback(guider.model_patcher, steps)
-    out = guider.sample(noise, samples, sampler, sigmas, callback=callback,
-                        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
-    result = latent.copy()
-    result["samples"] = out.to(comfy.model_management.intermediate_device())
-    return result
-
-
 def sample_vibid_inbetween(node: str, model, positive_start, negative_start, positive_end, negative_end,
                            latent: dict, seed: int, steps: int, cfg: float, mode: str = "vibid",
                            execution: str = "auto", scheduler: str = "karras", guidance: str = "constant",
@@ -174,4 +147,5 @@ def sample_vibid_inbetween(node: str, model, positive_start, negative_start, pos
                  steps=steps)
     guider = make_guider(node, model, positive_start, negative_start, positive_end, negative_end, cfg, mode,
                          0.5, execution, guidance, min_cfg)
+    from .run import run_guider
     return run_guider(node, guider, latent, seed, steps, scheduler, vibid_sampler(cfg_pp, dds), callback)
