@@ -8,6 +8,8 @@ import logging
 import os
 import tempfile
 
+from .run import add_generation_args
+
 log = logging.getLogger(__name__)
 METRICS = ("psnr", "ssim", "lpips", "fid", "fvd")
 MODES = ("gi", "gi_no_finetune", "trf")
@@ -33,22 +35,8 @@ def add_parser(sub) -> None:
     p.add_argument("--mode", action="append", metavar="MODE[:key=value,...]",
                    help=f"variant to evaluate, repeatable: one of {', '.join(MODES)}, optionally with settings, e.g. "
                         "'gi:recurrence=0,cfg=2.5' (default: every mode the given weights allow)")
-    p.add_argument("--checkpoint", required=True, help="SVD checkpoint .safetensors (e.g. svd_xt.safetensors)")
-    p.add_argument("--backward", help="backward-motion weights .safetensors (needed for mode gi)")
-    p.add_argument("--width", type=int, default=1024)
-    p.add_argument("--height", type=int, default=576)
-    p.add_argument("--frames", type=int, default=25)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--seed", type=int, default=42, help="the same seed for every pair and mode; recorded in clips.csv")
-    p.add_argument("--cfg", type=float, default=2.0)
-    p.add_argument("--recurrence", type=int, default=5)
-    p.add_argument("--recurrence-ratio", type=float, default=0.5)
-    p.add_argument("--forward-weight", type=float, default=0.5)
-    p.add_argument("--execution", default="auto", choices=("auto", "batched", "sequential"))
-    p.add_argument("--motion-bucket-id", type=int, default=127)
-    p.add_argument("--fps", type=int, default=7)
-    p.add_argument("--resize", default="crop", choices=("crop", "stretch", "pad"),
-                   help="how keyframes (and so the ground truth) are fitted to width x height")
+    add_generation_args(p, seed_help="the same seed for every pair and mode; recorded in clips.csv",
+                        resize_help="how keyframes (and so the ground truth) are fitted to width x height")
     m = p.add_argument_group("metrics (weights are never downloaded: pass local files)")
     m.add_argument("--metrics", default=",".join(METRICS), help=f"comma list from {', '.join(METRICS)}")
     m.add_argument("--fid-weights", help="weights-inception-2015-12-05-6726825d.pth (torch-fidelity)")

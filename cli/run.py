@@ -34,14 +34,23 @@ def add_parser(sub) -> None:
     src.add_argument("--pairs", help="CSV/text file, one 'start,end[,output]' per line (batch)")
     src.add_argument("--folder", help="folder of images: each consecutive pair (sorted by name) is one clip (batch)")
     p.add_argument("-o", "--output", required=True, help="output .mp4 (single pair) or folder (batch)")
+    p.add_argument("--mode", default="gi", choices=MODES, help="; ".join(f"{k}: {v}" for k, v in MODE_HELP.items()))
+    add_generation_args(p)
+    p.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH or ~/ComfyUI)")
+    p.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU")
+    p.set_defaults(func=main)
+
+
+def add_generation_args(p: argparse.ArgumentParser, seed_help: str | None = None,
+                        resize_help: str | None = None) -> None:
+    """Models and sampler settings shared by `run` and `eval` (paper defaults)."""
     p.add_argument("--checkpoint", required=True, help="SVD checkpoint .safetensors (e.g. svd_xt.safetensors)")
     p.add_argument("--backward", help="backward-motion weights .safetensors (needed for mode gi)")
-    p.add_argument("--mode", default="gi", choices=MODES, help="; ".join(f"{k}: {v}" for k, v in MODE_HELP.items()))
     p.add_argument("--width", type=int, default=1024)
     p.add_argument("--height", type=int, default=576)
     p.add_argument("--frames", type=int, default=25)
     p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help=seed_help)
     p.add_argument("--cfg", type=float, default=2.0)
     p.add_argument("--recurrence", type=int, default=5)
     p.add_argument("--recurrence-ratio", type=float, default=0.5)
@@ -49,10 +58,7 @@ def add_parser(sub) -> None:
     p.add_argument("--execution", default="auto", choices=("auto", "batched", "sequential"))
     p.add_argument("--motion-bucket-id", type=int, default=127)
     p.add_argument("--fps", type=int, default=7)
-    p.add_argument("--resize", default="crop", choices=("crop", "stretch", "pad"))
-    p.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH or ~/ComfyUI)")
-    p.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU")
-    p.set_defaults(func=main)
+    p.add_argument("--resize", default="crop", choices=("crop", "stretch", "pad"), help=resize_help)
 
 
 def collect_pairs(args) -> list[Pair]:
