@@ -76,18 +76,22 @@ def attend(attn: nn.Module, probs: torch.Tensor, v_in) -> torch.Tensor:
     return attn.to_out(out.transpose(1, 2).reshape(n, frames, heads * dim))
 
 
-class StoreMaps(nn.Module):
-    """Forward UNet's temporal attn1: computes A explicitly, stores it, attends with it.
-
-    Passes straight to the original module when the store is not armed, so the object
-    patch left on the shared model after a run changes nothing for other users.
-    """
+class _MapLayer(nn.Module):
+    """A reference-scheme stand-in for one temporal attn1, sharing a MapStore."""
 
     def __init__(self, original: nn.Module, layer: str, store: MapStore):
         super().__init__()
         self.original = original
         self.layer = layer
         self.store = store
+
+
+class StoreMaps(_MapLayer):
+    """Forward UNet's temporal attn1: computes A explicitly, stores it, attends with it.
+
+    Passes straight to the original module when the store is not armed, so the object
+    patch left on the shared model after a run changes nothing for other users.
+    """
 
     def forward(self, x, context=None, value=None, mask=None, transformer_options={}):
         if not self.store.armed:
@@ -97,14 +101,8 @@ class StoreMaps(nn.Module):
         return attend(self.original, probs, x if value is None else value)
 
 
-class RotatedMaps(nn.Module):
+class RotatedMaps(_MapLayer):
     """Backward UNet's temporal attn1: computes its own A, discards it, attends with rot180(stored A)."""
-
-    def __init__(self, original: nn.Module, layer: str, store: MapStore):
-        super().__init__()
-        self.original = original
-        self.layer = layer
-        self.store = store
 
     def forward(self, x, context=None, value=None, mask=None, transformer_options={}):
         own = own_maps(self.original, x, context)

@@ -39,3 +39,20 @@ class Tiny:
         self.backward = perturbed_backward_weights(self.model)
         self.model_gi = with_proxies(self.model, self.backward)
         self.conds = conditioning(self.clip_vision, self.vae)
+
+
+def sample_custom_advanced(model, guider, sampler, latent: dict, seed: int, steps: int) -> torch.Tensor:
+    """Latents from the stock SamplerCustomAdvanced with seeded noise and karras sigmas."""
+    import comfy.sample
+    import comfy.samplers
+    from comfy_extras.nodes_custom_sampler import SamplerCustomAdvanced
+
+    class Noise:
+        def __init__(self):
+            self.seed = seed
+
+        def generate_noise(self, lat):
+            return comfy.sample.prepare_noise(lat["samples"], self.seed)
+
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "karras", steps)
+    return SamplerCustomAdvanced().sample(Noise(), guider, sampler, sigmas, latent)[0]["samples"]

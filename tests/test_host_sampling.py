@@ -108,23 +108,13 @@ def test_stock_model_untouched_after_runs_errors_and_interrupts(tiny):
 
 
 def test_custom_advanced_equals_all_in_one(tiny):
-    import comfy.sample
-    import comfy.samplers
-    from comfy_extras.nodes_custom_sampler import SamplerCustomAdvanced
+    from fixtures_host import sample_custom_advanced
     from svd_inbetween.nodes.sampler import SVDInbetweenGuider, SVDInbetweenRecurrentEuler
 
     ps, ns, pe, ne, lat = tiny.conds
     guider = SVDInbetweenGuider.execute(tiny.model_gi, ps, ns, pe, ne, 2.0, "gi", 0.5, "batched").args[0]
     sampler = SVDInbetweenRecurrentEuler.execute(5, 0.5).args[0]
-    sigmas = comfy.samplers.calculate_sigmas(tiny.model.get_model_object("model_sampling"), "karras", STEPS)
-
-    class Noise:
-        seed = 3
-
-        def generate_noise(self, latent):
-            return comfy.sample.prepare_noise(latent["samples"], self.seed)
-
-    samples = SamplerCustomAdvanced().sample(Noise(), guider, sampler, sigmas, lat)[0]["samples"]
+    samples = sample_custom_advanced(tiny.model, guider, sampler, lat, seed=3, steps=STEPS)
     assert torch.equal(samples, run(tiny))
 
 

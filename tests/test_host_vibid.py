@@ -180,11 +180,8 @@ def test_seeded_and_modes_differ(tiny):
 
 
 def test_custom_advanced_equals_all_in_one_and_stock_model_untouched(tiny):
-    import comfy.sample
-    import comfy.samplers
     import nodes
-    from comfy_extras.nodes_custom_sampler import SamplerCustomAdvanced
-
+    from fixtures_host import sample_custom_advanced
     from svd_inbetween.nodes.sampler import SVDInbetweenGuider, SVDInbetweenSampler, SVDInbetweenViBiDSampler
     ps, ns, pe, ne, lat = tiny.conds
 
@@ -193,15 +190,7 @@ def test_custom_advanced_equals_all_in_one_and_stock_model_untouched(tiny):
     ref = ksampler()
     guider = SVDInbetweenGuider.execute(tiny.model_gi, ps, ns, pe, ne, 1.5, "vibid_gi", 0.5, "batched").args[0]
     sampler = SVDInbetweenViBiDSampler.execute(True, True).args[0]
-    sigmas = comfy.samplers.calculate_sigmas(tiny.model.get_model_object("model_sampling"), "karras", STEPS)
-
-    class Noise:
-        seed = 3
-
-        def generate_noise(self, latent):
-            return comfy.sample.prepare_noise(latent["samples"], self.seed)
-
-    custom = SamplerCustomAdvanced().sample(Noise(), guider, sampler, sigmas, lat)[0]["samples"]
+    custom = sample_custom_advanced(tiny.model, guider, sampler, lat, seed=3, steps=STEPS)
     node = SVDInbetweenSampler.execute(tiny.model_gi, ps, ns, pe, ne, lat, 3, STEPS, 1.5, "vibid_gi", 5, 0.5, 0.5,
                                        "batched")[0]["samples"]
     assert torch.equal(custom, node)

@@ -70,11 +70,12 @@ def tiny_svd_model(seed: int = 0):
     return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
 
 
-def tiny_clip_vision(seed: int = 1):
+def tiny_clip_vision(seed: int = 1, **config):
+    """A tiny CLIP vision model; `config` overrides entries of CLIP_CONFIG."""
     import comfy.clip_vision
 
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(CLIP_CONFIG, f)
+        json.dump(dict(CLIP_CONFIG, **config), f)
     try:
         cv = comfy.clip_vision.ClipVisionModel(f.name)
     finally:

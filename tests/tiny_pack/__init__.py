@@ -52,20 +52,7 @@ def _tiny_non_svd_model():
 
 def _tiny_other_clip_vision():
     """A tiny CLIP vision whose embedding width (32) differs from the tiny SVD's context (64)."""
-    import json
-    import tempfile
-
-    import comfy.clip_vision
-
-    config = dict(tiny_models.CLIP_CONFIG, projection_dim=tiny_models.CONTEXT_DIM // 2)
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        json.dump(config, f)
-    try:
-        cv = comfy.clip_vision.ClipVisionModel(f.name)
-    finally:
-        os.unlink(f.name)
-    tiny_models.init_module(cv.model, 4, std=0.02)
-    return cv
+    return tiny_models.tiny_clip_vision(seed=4, projection_dim=tiny_models.CONTEXT_DIM // 2)
 
 
 class SVDInbetweenTestOtherModels:
