@@ -5,6 +5,7 @@ import re
 
 import torch
 
+from .feedforward import PerVideoFeedForward, feedforward_paths, is_feedforward_wrapper
 from .proxy import TemporalAttentionProxy, is_proxy
 
 PREFIX = "diffusion_model."
@@ -65,13 +66,17 @@ def rotate_layers(paths: list[str], mode: str) -> frozenset[str]:
 
 
 def with_proxies(model_patcher, backward: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
-    """A clone whose 16 temporal attn1 layers carry proxies.
+    """A clone whose 16 temporal attn1 layers carry proxies and whose feed-forwards run per video.
 
     With `backward` (path -> (W_v', W_o') absolute tensors) the proxies hold those
     weights; without it, layers that already carry a proxy keep it and the rest
-    get a weightless proxy.
+    get a weightless proxy. Both kinds of patch pass through outside an inbetween call.
     """
     m = model_patcher.clone()
+    for path in feedforward_paths(m.model.diffusion_model):
+        if not is_feedforward_wrapper(m.object_patches.get(PREFIX + path)):
+            ff = m.get_model_object(PREFIX + path)
+            m.add_object_patch(PREFIX + path, PerVideoFeedForward(ff.original if is_feedforward_wrapper(ff) else ff))
     existing = proxies(m)
     for path, proxy in existing.items():
         if backward is None and proxy is not None:

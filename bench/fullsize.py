@@ -4,15 +4,18 @@ The real SVD-XT UNet is built with ComfyUI's classes on the meta device (shapes 
 no memory, no downloads) and run once per question:
 - FLOPs of one UNet call of one 25-frame video: torch.utils.flop_counter.FlopCounterMode
   (matmuls, convolutions and attention; element-wise work is not counted);
-- the live activation peak of one UNet call of N videos: a dispatch mode that adds up the
-  bytes of every tensor an op creates and subtracts them when the tensor is freed, with
-  spatial attention replaced by a flash-style op that never holds the N x N scores
-  (what a GPU build runs); allocator fragmentation and kernel workspaces are not included;
+- the live-tensor peak of one fused evaluation per scheme, traced through that scheme's
+  own attention layers (and, for ours, per-video feed-forwards): a dispatch mode adds up
+  the bytes of every tensor an op creates and subtracts them when the tensor is freed;
+  attention that a scheme does not compute explicitly runs as a flash-style op that never
+  holds the N x N scores (what a GPU build runs); allocator fragmentation and kernel
+  workspaces are not included;
 - the input shape of every temporal attn1, from which the stored-map bytes and the Q/K
   work the one-model design skips follow exactly.
 """
 from __future__ import annotations
 
+import contextlib
 import weakref
 from dataclasses import dataclass
 
@@ -115,14 +118,77 @@ def count_flops(unet, arch: str, frames: int, height: int, width: int, dtype=tor
     return counter.get_total_flops(), layers
 
 
+@contextlib.contextmanager
+def _swapped(unet, modules: dict[str, torch.nn.Module]):
+    """Put `modules` at their paths in `unet` for the block, then restore the originals."""
+    saved = {path: unet.get_submodule(path) for path in modules}
+    try:
+        for path, mod in modules.items():
+            parent, _, name = path.rpartition(".")
+            setattr(unet.get_submodule(parent), name, mod)
+        yield
+    finally:
+        for path, mod in saved.items():
+            parent, _, name = path.rpartition(".")
+            setattr(unet.get_submodule(parent), name, mod)
+
+
+def _call(unet, arch, chunk_ids, frames, height, width, dtype, extra_options=None):
+    x, t, kw = _unet_inputs(arch, len(chunk_ids), frames, height, width, dtype)
+    opts = {"optimized_attention_override": _flash_like, "cond_or_uncond": list(chunk_ids), **(extra_options or {})}
+    out = unet(x, t, transformer_options=opts, **kw)
+    del out
+
+
 @torch.no_grad()
-def activation_peak(unet, arch: str, videos: int, frames: int, height: int, width: int, dtype=torch.float16) -> int:
-    """Live-tensor peak bytes of one UNet call of `videos` videos (weights excluded)."""
-    x, t, kw = _unet_inputs(arch, videos, frames, height, width, dtype)
+def scheme_peaks(unet, arch: str, frames: int, height: int, width: int, dtype=torch.float16) -> dict[str, dict]:
+    """Live-tensor peak of one fused evaluation (all 16 layers rotating, CFG), per scheme, traced
+    through each scheme's own code on the meta device; weights excluded, held maps included.
+
+    reference: bench/reference.py's layers, a forward call of a CFG pair storing every map,
+        then the backward call (its own Q/K computed and dropped) while the maps are held;
+    sequential: the pack's proxies and per-video feed-forwards, forward pair then backward pair;
+    batched: the same, forward and backward pairs in one call.
+    Returns {scheme: {"peak": bytes, "maps": bytes of maps held at most}}.
+    """
+    from ..attention_patch.feedforward import PerVideoFeedForward, feedforward_paths, per_video_feedforward
+    from ..attention_patch.proxy import TemporalAttentionProxy
+    from ..attention_patch.run_state import (BACKWARD_COND, BACKWARD_UNCOND, FORWARD_COND, FORWARD_UNCOND,
+                                             RUN_KEY, InbetweenRun)
+    from .reference import MapStore, RotatedMaps, StoreMaps
+
+    paths = _temporal_paths(unet)
+    originals = {p: unet.get_submodule(p) for p in paths}
+    call = lambda ids, options=None: _call(unet, arch, ids, frames, height, width, dtype, options)  # noqa: E731
+    out: dict[str, dict] = {}
+
+    store = MapStore()
+    store.armed = True
     with LiveBytes() as live:
-        out = unet(x, t, transformer_options={"optimized_attention_override": _flash_like}, **kw)
-        del out
-    return live.peak
+        with _swapped(unet, {p: StoreMaps(m, p, store) for p, m in originals.items()}):
+            call([0, 1])
+        with _swapped(unet, {p: RotatedMaps(m, p, store) for p, m in originals.items()}):
+            call([0, 1])
+    out["reference"] = {"peak": live.peak, "maps": store.peak_bytes}
+
+    def meta_like(w):
+        return torch.empty(w.shape, dtype=w.dtype, device=w.device)
+    proxies = {p: TemporalAttentionProxy(m, p, meta_like(m.to_v.weight), meta_like(m.to_out[0].weight))
+               for p, m in originals.items()}
+    ffs = {p: PerVideoFeedForward(unet.get_submodule(p)) for p in feedforward_paths(unet)}
+    forward_ids, backward_ids = [FORWARD_COND, FORWARD_UNCOND], [BACKWARD_COND, BACKWARD_UNCOND]
+    with _swapped(unet, {**proxies, **ffs}):
+        for scheme, calls in (("sequential", [forward_ids, backward_ids]), ("batched", [forward_ids + backward_ids])):
+            run = InbetweenRun(rotate_layers=frozenset(paths), finetuned=True, frames=frames,
+                               active=frozenset(forward_ids + backward_ids))
+            with LiveBytes() as live:
+                for ids in calls:
+                    with per_video_feedforward(len(ids)):
+                        call(ids, {RUN_KEY: run})
+            if run.maps:
+                raise RuntimeError(f"accounting: {scheme} left {len(run.maps)} maps unused")
+            out[scheme] = {"peak": live.peak, "maps": run.peak_map_bytes}
+    return out
 
 
 def temporal_attn1_flops(layer: TemporalLayer, frames: int) -> dict[str, int]:
@@ -150,18 +216,13 @@ def accounting(arch: str = "full", width: int = 1024, height: int = 576, frames:
     w_prime = sum(2 * l.channels * l.channels for l in layers) * element
     maps_call = 2 * map_bytes_per_video(layers, frames, element)  # a CFG pair: uncond + cond
     largest_layer_maps = 2 * max(l.rows * l.heads for l in layers) * frames * frames * element
-    act2 = activation_peak(unet, arch, 2, frames, height, width, dtype)
-    act4 = activation_peak(unet, arch, 4, frames, height, width, dtype)
+    peaks = scheme_peaks(unet, arch, frames, height, width, dtype)
     weights = params * element
     flops = {"reference": fused * 4 * flops_video, "sequential": fused * (4 * flops_video - 2 * skipped),
              "batched": fused * (4 * flops_video - 2 * skipped)}
-    memory = {
-        "reference": {"weights": 2 * weights, "maps": maps_call, "activations": act2},
-        "sequential": {"weights": weights + w_prime, "maps": maps_call, "activations": act2},
-        "batched": {"weights": weights + w_prime, "maps": 0, "activations": act4},
-    }
-    for m in memory.values():
-        m["total"] = m["weights"] + m["maps"] + m["activations"]
+    weights_of = {"reference": 2 * weights, "sequential": weights + w_prime, "batched": weights + w_prime}
+    memory = {s: {"weights": weights_of[s], "maps": peaks[s]["maps"], "call_peak": peaks[s]["peak"],
+                  "total": weights_of[s] + peaks[s]["peak"]} for s in weights_of}
     return {
         "arch": arch, "width": width, "height": height, "frames": frames, "dtype": str(dtype).replace("torch.", ""),
         "steps": steps, "recurrence": recurrence, "recurrence_ratio": recurrence_ratio,
@@ -189,15 +250,16 @@ def format_accounting(a: dict) -> list[str]:
         f"backward video ({100 * a['qk_flops_skipped_per_backward_video'] / a['flops_per_video_call']:.1f}% of a call)",
         f"  maps stored per UNet call (16 layers, CFG pair, {dt}): {a['maps_per_unet_call'] / gib:.3f} GiB; "
         f"largest single layer: {a['largest_layer_maps'] / 2 ** 20:.0f} MiB",
-        f"  {'scheme':<11} {'UNet calls':>10} {'PFLOP':>8} {'H100 floor s':>12} {'weights':>9} {'maps':>7} "
-        f"{'activations':>11} {'total GiB':>9}",
+        f"  {'scheme':<11} {'UNet calls':>10} {'PFLOP':>8} {'H100 floor s':>12} {'weights':>9} {'maps held':>9} "
+        f"{'call peak':>9} {'total GiB':>9}",
     ]
     for s in ("reference", "sequential", "batched"):
         m = a["memory"][s]
         lines.append(f"  {s:<11} {a['unet_calls'][s]:>10} {a['flops'][s] / 1e15:>8.2f} {a['floor_s'][s]:>12.1f} "
-                     f"{m['weights'] / gib:>9.2f} {m['maps'] / gib:>7.2f} {m['activations'] / gib:>11.2f} "
+                     f"{m['weights'] / gib:>9.2f} {m['maps'] / gib:>9.2f} {m['call_peak'] / gib:>9.2f} "
                      f"{m['total'] / gib:>9.2f}")
-    lines.append(f"  floor = FLOPs / {a['peak_flops'] / 1e12:.0f} TFLOP/s (H100 SXM bf16 dense peak); activations = "
-                 "live-tensor peak of one UNet call (2 videos; batched: 4), flash-style attention, no allocator "
-                 "overhead; maps held across the forward/backward call pair (batched holds none between calls)")
+    lines.append(f"  floor = FLOPs / {a['peak_flops'] / 1e12:.0f} TFLOP/s (H100 SXM bf16 dense peak); call peak = "
+                 "live-tensor peak of one fused evaluation traced through the scheme's own code (its attention "
+                 "layers, stored maps included; ours: per-video feed-forwards), flash-style spatial attention, "
+                 "no allocator overhead or kernel workspace; total = weights + call peak")
     return lines

@@ -9,6 +9,7 @@ import torch
 import comfy.model_management
 import comfy.samplers
 
+from ..attention_patch.feedforward import per_video_feedforward
 from ..attention_patch.layers import rotate_layers, temporal_attn1_paths
 from ..attention_patch.rotation import flip_frames
 from ..attention_patch.run_state import (BACKWARD_COND, BACKWARD_UNCOND, FORWARD_COND, FORWARD_UNCOND, RUN_KEY,
@@ -42,10 +43,11 @@ def direction_wrapper(frames: int, inner=None):
             c = {k: _flip_chunks(v, backward, frames) if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == batch else v
                  for k, v in args["c"].items()}
             args = dict(args, input=x, c=c)
-        if inner is not None:
-            out = inner(apply_model, args)
-        else:
-            out = apply_model(args["input"], args["timestep"], **args["c"])
+        with per_video_feedforward(len(chunk_ids)):
+            if inner is not None:
+                out = inner(apply_model, args)
+            else:
+                out = apply_model(args["input"], args["timestep"], **args["c"])
         return _flip_chunks(out, backward, frames) if any(backward) else out
     return wrapper
 

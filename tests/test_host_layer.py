@@ -84,3 +84,80 @@ def test_backward_chunks_never_compute_query_or_key(tiny):
     assert rows["q"] == rows["v"]
     positions = lat["samples"].shape[-1] * lat["samples"].shape[-2]
     assert max(rows["q"]) == positions  # one chunk of one video, never the 4-chunk batch
+
+
+def _feedforward_rows(tiny):
+    """Hooks on every feed-forward's `net` of the tiny model recording the rows of each call."""
+    from svd_inbetween.attention_patch.feedforward import feedforward_paths
+    from svd_inbetween.attention_patch.layers import PREFIX
+    rows: list[int] = []
+    hooks = []
+    for path in feedforward_paths(tiny.model.model.diffusion_model):
+        net = tiny.model_gi.get_model_object(PREFIX + path).net
+        hooks.append(net.register_forward_hook(lambda m, i, o: rows.append(i[0].shape[0])))
+    return rows, hooks
+
+
+def test_feedforward_wrapper_keeps_keys_and_values(tiny):
+    """Same state-dict keys as stock; outside a dual call it is the stock net; split it agrees to fp32 ulps."""
+    from svd_inbetween.attention_patch.feedforward import (PerVideoFeedForward, feedforward_paths,
+                                                           per_video_feedforward)
+    from svd_inbetween.attention_patch.layers import PREFIX
+    unet = tiny.model.model.diffusion_model
+    paths = feedforward_paths(unet)
+    # SVD blocks: each spatial transformer block has ff; each temporal block ff_in and ff.
+    assert len(paths) == 16 * 3
+    assert all(tiny.model_gi.object_patches[PREFIX + p].is_svd_inbetween_feedforward for p in paths)
+    original = unet.get_submodule(paths[0])
+    wrapper = PerVideoFeedForward(original)
+    assert [k for k, _ in wrapper.state_dict().items()] == [k for k, _ in original.state_dict().items()]
+    x = torch.randn(12, 7, original.net[0].proj.in_features if hasattr(original.net[0], "proj")
+                    else original.net[0][0].in_features)
+    calls = []
+    hook = wrapper.net.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    with torch.no_grad():
+        plain = wrapper(x)
+        with per_video_feedforward(4):
+            split = wrapper(x)
+        after = wrapper(x)
+    hook.remove()
+    assert calls == [12, 3, 3, 3, 3, 12]
+    assert torch.equal(plain, original(x)) and torch.equal(after, plain)
+    assert torch.allclose(split, plain, atol=1e-6, rtol=0)
+
+
+def test_dual_calls_run_feedforwards_one_video_at_a_time(tiny):
+    """In batched (4 chunks) and sequential (2 chunks) calls, no feed-forward sees more than one video."""
+    from svd_inbetween.samplers.run import sample_inbetween
+    ps, ns, pe, ne, lat = tiny.conds
+    frames, h, w = lat["samples"].shape[0], lat["samples"].shape[-2], lat["samples"].shape[-1]
+    # rows of one video: frames (spatial blocks, (b t) s c) or latent positions at some resolution
+    # (temporal blocks, (b s) t c)
+    one_video = {frames} | {-(-h // f) * -(-w // f) for f in (1, 2, 4, 8)}
+    for execution in ("batched", "sequential"):
+        rows, hooks = _feedforward_rows(tiny)
+        try:
+            sample_inbetween("test", tiny.model_gi, ps, ns, pe, ne, lat, seed=0, steps=1, cfg=2.0, mode="gi",
+                             recurrence=0, execution=execution, callback=lambda *a: None)
+        finally:
+            for hk in hooks:
+                hk.remove()
+        assert len(rows) == 48 * 4, execution  # every feed-forward, once per video
+        assert set(rows) <= one_video, (execution, sorted(set(rows)))
+
+
+def test_stock_sampling_through_wrapped_model_keeps_whole_batches(tiny):
+    """Outside the guider's dual calls (stock KSampler on the patched clone) the batch is not split."""
+    import comfy.sample
+    import comfy.samplers
+    ps, ns, _, _, lat = tiny.conds
+    rows, hooks = _feedforward_rows(tiny)
+    try:
+        noise = comfy.sample.prepare_noise(lat["samples"], 0)
+        comfy.sample.sample(tiny.model_gi, noise, 1, 2.0, "euler", "karras", ps, ns, lat["samples"],
+                            disable_pbar=True, seed=0)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    frames = lat["samples"].shape[0]
+    assert len(rows) == 48 and 2 * frames in rows  # cond + uncond in one call, one feed-forward call each
