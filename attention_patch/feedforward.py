@@ -9,7 +9,9 @@ that tensor by one video whatever the number of videos in the call.
 The wrapper registers the original's `net` under the same name, so state-dict keys,
 weight patches and device moves are unchanged. It splits only while
 `per_video_feedforward(n)` is active (the guider's model wrapper sets it to the number
-of chunks of the call); everywhere else it calls `net` exactly as the original does.
+of chunks of the call) and its input holds at least SPLIT_MIN_BYTES; everywhere else it
+calls `net` exactly as the original does. Small inputs stay whole: splitting them saves
+little memory and costs a few kernel launches per layer (measurable on a tiny CPU model).
 """
 from __future__ import annotations
 
@@ -21,6 +23,8 @@ from torch import nn
 
 _PARTS: contextvars.ContextVar[int] = contextvars.ContextVar("svd_inbetween_feedforward_parts", default=1)
 FEEDFORWARD_CLASS = "FeedForward"
+# Input bytes from which a feed-forward is split (its GEGLU hidden state is ~8x larger).
+SPLIT_MIN_BYTES = 8 * 2**20
 
 
 class PerVideoFeedForward(nn.Module):
@@ -35,7 +39,7 @@ class PerVideoFeedForward(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         parts = _PARTS.get()
-        if parts <= 1 or x.shape[0] < parts:
+        if parts <= 1 or x.shape[0] < parts or x.numel() * x.element_size() < SPLIT_MIN_BYTES:
             return self.net(x)
         # Layouts are video-major ((b t) s c in spatial blocks, (b s) t c in temporal ones),
         # so equal pieces of dim 0 are whole videos.
