@@ -38,6 +38,7 @@ class Settings:
     dtype: str = "fp32"
     modes: tuple[str, ...] = REFERENCE_MODES
     schemes: tuple[str, ...] = field(default=SCHEMES)
+    memory_cap_gib: float | None = None  # CUDA: torch.cuda.set_per_process_memory_fraction for the whole run
 
     @property
     def fused_evaluations(self) -> int:
@@ -85,6 +86,72 @@ def run_ours(model, execution: str, mode: str, inputs, s: Settings, device) -> R
     return Run(out, sw.seconds, sw.cpu_seconds, mem.peak_bytes, maps, counter.calls, counter.videos)
 
 
+def apply_memory_cap(gib: float | None, device) -> None:
+    """Cap what this process may allocate on the GPU (to show a scheme fits a smaller card)."""
+    if gib is None:
+        return
+    if torch.device(device).type != "cuda":
+        raise ValueError(f"{NODE}: --memory-cap-gib needs a CUDA device (ComfyUI runs on {device})")
+    total = torch.cuda.get_device_properties(device).total_memory
+    if not 0 < gib * 2**30 <= total:
+        raise ValueError(f"{NODE}: --memory-cap-gib {gib} must be > 0 and at most the card's "
+                         f"{total / 2**30:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(gib * 2**30 / total, device)
+    log.info("%s: GPU allocations capped at %.2f GiB of %.1f GiB", NODE, gib, total / 2**30)
+
+
+@dataclass(frozen=True)
+class OutOfMemory:
+    message: str
+
+
+def _attempt(fn):
+    """The run, or OutOfMemory if it ran out of GPU memory (a result under --memory-cap-gib, not a crash).
+
+    Only the message is kept: the exception's traceback would keep the failed run's tensors alive."""
+    import comfy.model_management
+    try:
+        return fn()
+    except torch.cuda.OutOfMemoryError as e:
+        message = str(e).splitlines()[0] if str(e) else "CUDA out of memory"
+    log.warning("%s: out of memory: %s", NODE, message)
+    comfy.model_management.soft_empty_cache(True)
+    return OutOfMemory(message)
+
+
+def flops_per_video(s: Settings) -> int:
+    """FLOPs of one stock UNet call of one video at the run's size (meta device, see fullsize.py)."""
+    from .fullsize import count_flops
+    from .models import svd_base_model
+    unet = svd_base_model(s.arch, DTYPES[s.dtype], "meta").diffusion_model
+    return count_flops(unet, s.arch, s.frames, s.height, s.width, DTYPES[s.dtype])[0]
+
+
+def _summary(rs: list, ref: list, flops_video: int) -> dict:
+    oom = next((r for r in rs if isinstance(r, OutOfMemory)), None)
+    if oom is not None:
+        return {"oom": True, "error": oom.message, "unet_calls": None, "unet_videos": None,
+                "wall_s": None, "wall_ratio": None, "cpu_s": None, "cpu_ratio": None, "peak_bytes": None,
+                "map_bytes": None, "achieved_tflops": None, "max_abs_diff": None, "repeatable": None}
+    first = rs[0]
+    wall = median([r.wall_s for r in rs])
+    cpu = median([r.cpu_s for r in rs])
+    ref_ok = not any(isinstance(r, OutOfMemory) for r in ref)
+    ref_wall = median([r.wall_s for r in ref]) if ref_ok else None
+    ref_cpu = median([r.cpu_s for r in ref]) if ref_ok else None
+    return {
+        "oom": False, "unet_calls": first.unet_calls, "unet_videos": first.unet_videos,
+        "wall_s": round(wall, 4), "wall_ratio": round(wall / ref_wall, 3) if ref_ok else None,
+        "wall_runs_s": [round(r.wall_s, 4) for r in rs],
+        "cpu_s": round(cpu, 4), "cpu_ratio": round(cpu / ref_cpu, 3) if ref_ok else None,
+        "peak_bytes": max(r.peak_bytes for r in rs), "map_bytes": max(r.map_bytes for r in rs),
+        # stock-UNet FLOPs of the videos evaluated, per second (ours skip 1.8% of that in backward Q/K)
+        "achieved_tflops": round(first.unet_videos * flops_video / wall / 1e12, 4),
+        "max_abs_diff": (first.samples.float() - ref[0].samples.float()).abs().max().item() if ref_ok else None,
+        "repeatable": all(torch.equal(r.samples, first.samples) for r in rs),
+    }
+
+
 def run_bench(s: Settings, model=None, backward: dict | None = None) -> dict[str, dict]:
     """Every (mode, scheme) `s.repeats` times, interleaved so background load hits all alike.
 
@@ -97,45 +164,34 @@ def run_bench(s: Settings, model=None, backward: dict | None = None) -> dict[str
     unknown = [m for m in s.modes if m not in REFERENCE_MODES]
     if not s.modes or unknown:
         raise ValueError(f"{NODE}: --modes must name some of {', '.join(REFERENCE_MODES)}, got {list(s.modes)}")
-    if "reference" not in s.schemes:
-        raise ValueError(f"{NODE}: the reference scheme is the baseline every other scheme is compared with")
+    if "reference" not in s.schemes or any(name not in SCHEMES for name in s.schemes):
+        raise ValueError(f"{NODE}: --schemes must name reference (the baseline every other scheme is compared "
+                         f"with) and any of {', '.join(SCHEMES[1:])}, got {list(s.schemes)}")
+    device = comfy.model_management.get_torch_device()
+    apply_memory_cap(s.memory_cap_gib, device)
     model = model if model is not None else svd_patcher(s.arch, DTYPES[s.dtype])
     backward = backward if backward is not None else random_backward_weights(model)
     model_gi = with_proxies(model, backward)
     inputs = random_conds(s.arch, s.width, s.height, s.frames, seed=s.seed + 1)
-    device = comfy.model_management.get_torch_device()
+    flops_video = flops_per_video(s)
     results: dict[str, dict] = {}
     # One short untimed pass per scheme first: lazy initialisation would otherwise land on whichever runs first.
     warm = replace(s, steps=1, recurrence=0)
-    run_reference(model, backward, s.modes[0], inputs, warm, device)
+    _attempt(lambda: run_reference(model, backward, s.modes[0], inputs, warm, device))
     for name in s.schemes[1:]:
-        run_ours(model_gi if s.modes[0] == "gi" else model, name, s.modes[0], inputs, warm, device)
+        _attempt(lambda: run_ours(model_gi if s.modes[0] == "gi" else model, name, s.modes[0], inputs, warm, device))
     for mode in s.modes:
         ours_model = model_gi if mode == "gi" else model
-        runs: dict[str, list[Run]] = {name: [] for name in s.schemes}
+        runs: dict[str, list] = {name: [] for name in s.schemes}
         for _ in range(s.repeats):
             for name in s.schemes:
                 if name == "reference":
-                    runs[name].append(run_reference(model, backward, mode, inputs, s, device))
+                    runs[name].append(_attempt(lambda: run_reference(model, backward, mode, inputs, s, device)))
                 else:
-                    runs[name].append(run_ours(ours_model, name, mode, inputs, s, device))
-        ref = runs["reference"][0].samples.float()
-        ref_wall = median([r.wall_s for r in runs["reference"]])
-        ref_cpu = median([r.cpu_s for r in runs["reference"]])
+                    runs[name].append(_attempt(lambda: run_ours(ours_model, name, mode, inputs, s, device)))
         for name, rs in runs.items():
-            first = rs[0]
-            wall = median([r.wall_s for r in rs])
-            results[f"{mode}/{name}"] = {
-                "unet_calls": first.unet_calls, "unet_videos": first.unet_videos,
-                "fused_evaluations": s.fused_evaluations,
-                "wall_s": round(wall, 4), "wall_ratio": round(wall / ref_wall, 3),
-                "wall_runs_s": [round(r.wall_s, 4) for r in rs],
-                "cpu_s": round(median([r.cpu_s for r in rs]), 4),
-                "cpu_ratio": round(median([r.cpu_s for r in rs]) / ref_cpu, 3),
-                "peak_bytes": max(r.peak_bytes for r in rs), "map_bytes": max(r.map_bytes for r in rs),
-                "max_abs_diff": (first.samples.float() - ref).abs().max().item(),
-                "repeatable": all(torch.equal(r.samples, first.samples) for r in rs),
-            }
+            results[f"{mode}/{name}"] = {"fused_evaluations": s.fused_evaluations,
+                                         **_summary(rs, runs["reference"], flops_video)}
             log.info("%s/%s: %s", mode, name, results[f"{mode}/{name}"])
     return results
 
@@ -155,27 +211,36 @@ def machine() -> str:
     return f"CPU {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
 
 
+def _cell(value, fmt: str, width: int) -> str:
+    return f"{'n/a':>{width}}" if value is None else f"{value:>{width}{fmt}}"
+
+
 def format_table(s: Settings, results: dict[str, dict], device_text: str) -> list[str]:
     cuda = "CUDA" in device_text or "NVIDIA" in device_text
     peak_label = "peak alloc MiB" if cuda else "peak RSS+ MiB"
+    cap = f", GPU memory capped at {s.memory_cap_gib:g} GiB" if s.memory_cap_gib is not None else ""
     lines = [
         f"svd-inbetween bench on {device_text}",
         f"model: {s.arch} SVD UNet, {s.dtype}, {s.width}x{s.height}x{s.frames} frames, {s.steps} steps, recurrence "
         f"{s.recurrence} x {s.recurrence_ratio} -> {s.fused_evaluations} fused evaluations, cfg {s.cfg}, seed {s.seed}, "
-        f"median of {s.repeats}",
+        f"median of {s.repeats}{cap}",
         f"{'mode/scheme':<26} {'UNet calls':>10} {'videos':>6} {'wall s':>8} {'x ref':>6} {'CPU s':>8} "
-        f"{'x ref':>6} {peak_label:>15} "
-        f"{'maps KiB':>9} {'max|diff|':>10} ok",
+        f"{'x ref':>6} {peak_label:>15} {'maps KiB':>9} {'TFLOP/s':>8} {'max|diff|':>10} ok",
     ]
     tol = TOLERANCE[s.dtype]
     for key, r in results.items():
-        ok = r["max_abs_diff"] <= tol and r["repeatable"]
+        if r["oom"]:
+            lines.append(f"{key:<26} OUT OF MEMORY: {r['error'][:120]}")
+            continue
+        ok = "n/a" if r["max_abs_diff"] is None else \
+            "yes" if r["max_abs_diff"] <= tol and r["repeatable"] else "NO"
         lines.append(f"{key:<26} {r['unet_calls']:>10} {r['unet_videos']:>6} {r['wall_s']:>8.3f} "
-                     f"{r['wall_ratio']:>6.2f} {r['cpu_s']:>8.3f} {r['cpu_ratio']:>6.2f} {r['peak_bytes'] / 2 ** 20:>15.1f} {r['map_bytes'] / 1024:>9.1f} "
-                     f"{r['max_abs_diff']:>10.2e} {'yes' if ok else 'NO'}")
+                     f"{_cell(r['wall_ratio'], '.2f', 6)} {r['cpu_s']:>8.3f} {_cell(r['cpu_ratio'], '.2f', 6)} "
+                     f"{r['peak_bytes'] / 2 ** 20:>15.1f} {r['map_bytes'] / 1024:>9.1f} "
+                     f"{r['achieved_tflops']:>8.3f} {_cell(r['max_abs_diff'], '.2e', 10)} {ok}")
     lines.append(f"(wall s and CPU s: medians; CPU s = process CPU time of all threads, the work done even when "
-                 f"other processes share the cores; ok: max|diff| vs reference <= {tol:g} and every repeat "
-                 "bit-identical; "
+                 f"other processes share the cores; TFLOP/s = stock-UNet FLOPs of the videos evaluated / wall s; "
+                 f"ok: max|diff| vs reference <= {tol:g} and every repeat bit-identical; "
                  + ("peak = torch.cuda.max_memory_allocated, weights included)" if cuda else
                     "peak RSS+ = peak process RSS above the RSS before the scheme: the loaded model is excluded, "
                     "the reference's second UNet copy is included)"))

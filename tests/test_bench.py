@@ -140,3 +140,47 @@ def test_full_size_memory_targets_by_accounting():
     assert memory["sequential"]["total"] <= 15e9
     assert memory["batched"]["total"] <= memory["reference"]["total"]
     assert memory["batched"]["maps"] == 0 < memory["sequential"]["maps"] == memory["reference"]["maps"]
+
+
+def test_bench_scheme_and_cap_arguments_are_checked(tiny):
+    from svd_inbetween.bench.runner import run_bench
+    with pytest.raises(ValueError, match="--schemes must name reference"):
+        run_bench(small_settings(schemes=("batched",)), model=tiny.model, backward=tiny.backward)
+    with pytest.raises(ValueError, match="--schemes"):
+        run_bench(small_settings(schemes=("reference", "fastest")), model=tiny.model, backward=tiny.backward)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--memory-cap-gib needs a CUDA device"):
+            run_bench(small_settings(memory_cap_gib=16.0), model=tiny.model, backward=tiny.backward)
+
+
+def test_bench_reports_out_of_memory_instead_of_crashing(tiny, monkeypatch):
+    """Under --memory-cap-gib a scheme that runs out is a row of the table (an OOM is forced here)."""
+    from svd_inbetween.bench import runner
+    real_ours, real_reference = runner.run_ours, runner.run_reference
+
+    def ours(model, execution, *args):
+        if execution == "batched":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+        return real_ours(model, execution, *args)
+    monkeypatch.setattr(runner, "run_ours", ours)
+    s = small_settings(modes=("trf",), steps=3, recurrence=0)
+    results = runner.run_bench(s, model=tiny.model, backward=tiny.backward)
+    assert results["trf/batched"]["oom"] and "Tried to allocate" in results["trf/batched"]["error"]
+    assert not results["trf/sequential"]["oom"] and results["trf/sequential"]["max_abs_diff"] <= 1e-4
+    seq = results["trf/sequential"]
+    assert seq["achieved_tflops"] == pytest.approx(seq["unet_videos"] * runner.flops_per_video(s) / seq["wall_s"]
+                                                   / 1e12, rel=1e-3)
+    table = runner.format_table(s, results, "CPU test")
+    assert any(line.startswith("trf/batched") and "OUT OF MEMORY" in line for line in table)
+    json.loads(runner.json_line(results))
+
+    def reference(*args):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (reference)")
+    monkeypatch.setattr(runner, "run_reference", reference)
+    monkeypatch.setattr(runner, "run_ours", real_ours)
+    results = runner.run_bench(s, model=tiny.model, backward=tiny.backward)
+    assert results["trf/reference"]["oom"]
+    seq = results["trf/sequential"]
+    assert not seq["oom"] and seq["max_abs_diff"] is None and seq["wall_ratio"] is None
+    line = next(x for x in runner.format_table(s, results, "CPU test") if x.startswith("trf/sequential"))
+    assert line.split()[-1] == "n/a"
