@@ -12,7 +12,11 @@ PREFIX = "diffusion_model."
 TEMPORAL_ATTN1 = re.compile(r"^(input_blocks|middle_block|output_blocks)\.[\d.]*time_stack\.\d+\.attn1$")
 SVD_LAYER_COUNT = 16
 
-MODES = ("gi", "gi_no_finetune", "trf", "vibid", "vibid_gi")
+# The paper's fused modes (one fused prediction per step) and the ViBiD ones.
+FUSED_MODES = ("gi", "gi_no_finetune", "trf")
+MODES = (*FUSED_MODES, "vibid", "vibid_gi")
+# Modes whose backward pass uses the fine-tuned W_v'/W_o'.
+BACKWARD_WEIGHT_MODES = ("gi", "vibid_gi")
 MODE_HELP = {
     "gi": "paper: rotated forward maps in all 16 temporal attn1 layers + fine-tuned W_v'/W_o'",
     "gi_no_finetune": "paper ablation 'w/o FT': rotated maps in the up (output) blocks only, stock weights",

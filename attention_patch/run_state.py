@@ -39,12 +39,10 @@ class InbetweenRun:
     rotate_layers: module paths (relative to diffusion_model) whose backward
         chunks use rot180 of the forward maps instead of their own Q/K.
     finetuned: backward chunks use the backward W_v'/W_o' held by the proxy.
-    frames: frames per video (one video per chunk).
     active: cond indices taking part in the current step (set per step).
     """
     rotate_layers: frozenset[str]
     finetuned: bool
-    frames: int
     active: frozenset[int] = frozenset()
     maps: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)
     peak_map_bytes: int = 0
@@ -66,9 +64,6 @@ class InbetweenRun:
             raise RuntimeError(
                 f"SVD inbetween: no forward attention maps for {layer} (cond {cond_index}); "
                 "the forward chunk must run before its backward partner") from None
-
-    def held_bytes(self) -> int:
-        return sum(m.numel() * m.element_size() for m in self.maps.values())
 
     def clear(self) -> None:
         self.maps.clear()

@@ -24,6 +24,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..attention_patch.rotation import map_bytes
+from ..samplers.schedule import fused_evaluations
 from .models import ARCH, svd_base_model
 
 H100_BF16_DENSE_FLOPS = 989e12
@@ -121,16 +123,15 @@ def count_flops(unet, arch: str, frames: int, height: int, width: int, dtype=tor
 @contextlib.contextmanager
 def _swapped(unet, modules: dict[str, torch.nn.Module]):
     """Put `modules` at their paths in `unet` for the block, then restore the originals."""
-    saved = {path: unet.get_submodule(path) for path in modules}
+    import comfy.utils
+    saved = {}
     try:
         for path, mod in modules.items():
-            parent, _, name = path.rpartition(".")
-            setattr(unet.get_submodule(parent), name, mod)
+            saved[path] = comfy.utils.set_attr(unet, path, mod)
         yield
     finally:
         for path, mod in saved.items():
-            parent, _, name = path.rpartition(".")
-            setattr(unet.get_submodule(parent), name, mod)
+            comfy.utils.set_attr(unet, path, mod)
 
 
 def _call(unet, arch, chunk_ids, frames, height, width, dtype, extra_options=None):
@@ -171,15 +172,13 @@ def scheme_peaks(unet, arch: str, frames: int, height: int, width: int, dtype=to
             call([0, 1])
     out["reference"] = {"peak": live.peak, "maps": store.peak_bytes}
 
-    def meta_like(w):
-        return torch.empty(w.shape, dtype=w.dtype, device=w.device)
-    proxies = {p: TemporalAttentionProxy(m, p, meta_like(m.to_v.weight), meta_like(m.to_out[0].weight))
+    proxies = {p: TemporalAttentionProxy(m, p, torch.empty_like(m.to_v.weight), torch.empty_like(m.to_out[0].weight))
                for p, m in originals.items()}
     ffs = {p: PerVideoFeedForward(unet.get_submodule(p)) for p in feedforward_paths(unet)}
     forward_ids, backward_ids = [FORWARD_COND, FORWARD_UNCOND], [BACKWARD_COND, BACKWARD_UNCOND]
     with _swapped(unet, {**proxies, **ffs}):
         for scheme, calls in (("sequential", [forward_ids, backward_ids]), ("batched", [forward_ids + backward_ids])):
-            run = InbetweenRun(rotate_layers=frozenset(paths), finetuned=True, frames=frames,
+            run = InbetweenRun(rotate_layers=frozenset(paths), finetuned=True,
                                active=frozenset(forward_ids + backward_ids))
             with LiveBytes() as live:
                 for ids in calls:
@@ -198,9 +197,6 @@ def temporal_attn1_flops(layer: TemporalLayer, frames: int) -> dict[str, int]:
     return {"q_k": 2 * proj, "scores": 2 * r * t * t * c, "v_out": 2 * proj, "probs_v": 2 * r * t * t * c}
 
 
-def map_bytes_per_video(layers: list[TemporalLayer], frames: int, element: int) -> int:
-    return sum(layer.rows * layer.heads * frames * frames * element for layer in layers)
-
 
 def accounting(arch: str = "full", width: int = 1024, height: int = 576, frames: int = 25, steps: int = 50,
                recurrence: int = 5, recurrence_ratio: float = 0.5, peak_flops: float = H100_BF16_DENSE_FLOPS,
@@ -211,11 +207,12 @@ def accounting(arch: str = "full", width: int = 1024, height: int = 576, frames:
     element = torch.finfo(dtype).bits // 8
     params = sum(p.numel() for p in unet.parameters())
     flops_video, layers = count_flops(unet, arch, frames, height, width, dtype)
-    fused = steps + recurrence * int(steps * recurrence_ratio)
+    fused = fused_evaluations(steps, recurrence, recurrence_ratio)
     skipped = sum(f["q_k"] + f["scores"] for f in (temporal_attn1_flops(l, frames) for l in layers))
     w_prime = sum(2 * l.channels * l.channels for l in layers) * element
-    maps_call = 2 * map_bytes_per_video(layers, frames, element)  # a CFG pair: uncond + cond
-    largest_layer_maps = 2 * max(l.rows * l.heads for l in layers) * frames * frames * element
+    layer_maps = [map_bytes(l.rows, l.heads, frames, element) for l in layers]  # one video each
+    maps_call = 2 * sum(layer_maps)  # a CFG pair: uncond + cond
+    largest_layer_maps = 2 * max(layer_maps)
     peaks = scheme_peaks(unet, arch, frames, height, width, dtype)
     weights = params * element
     flops = {"reference": fused * 4 * flops_video, "sequential": fused * (4 * flops_video - 2 * skipped),
@@ -243,7 +240,8 @@ def format_accounting(a: dict) -> list[str]:
         f"Full-size accounting: SVD-XT UNet ({a['unet_params'] / 1e9:.3f} B params) at {a['width']}x{a['height']}x"
         f"{a['frames']}, {dt}, meta device (no weights, no GPU)",
         f"  FLOPs per UNet call of one video (FlopCounterMode): {a['flops_per_video_call'] / 1e12:.2f} TFLOP",
-        f"  GI clip: {a['steps']} steps + {int(a['steps'] * a['recurrence_ratio'])} x {a['recurrence']} recurrence = "
+        f"  GI clip: {a['steps']} steps + {(a['fused_evaluations'] - a['steps']) // max(a['recurrence'], 1)} x "
+        f"{a['recurrence']} recurrence = "
         f"{a['fused_evaluations']} fused evaluations x {a['videos_per_fused_evaluation']} videos "
         f"(2 directions x CFG 2)",
         f"  Q/K work the one-model backward pass skips: {a['qk_flops_skipped_per_backward_video'] / 1e12:.3f} TFLOP per "

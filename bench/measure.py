@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import ctypes
 import gc
-import statistics
 import threading
 import time
 
 import psutil
 import torch
+
+from ..attention_patch.run_state import RUN_KEY
 
 
 def _trim_heap() -> None:
@@ -122,9 +123,8 @@ class UnetCounter:
     bytes of maps the guider held at peak can be read after the run.
     """
 
-    def __init__(self, frames: int, run_key: str):
+    def __init__(self, frames: int):
         self.frames = frames
-        self.run_key = run_key
         self.calls = 0
         self.videos = 0
         self.run = None
@@ -136,9 +136,6 @@ class UnetCounter:
     def __call__(self, apply_model, args):
         self.calls += 1
         self.videos += args["input"].shape[0] // self.frames
-        self.run = args["c"].get("transformer_options", {}).get(self.run_key, self.run)
+        self.run = args["c"].get("transformer_options", {}).get(RUN_KEY, self.run)
         return apply_model(args["input"], args["timestep"], **args["c"])
 
-
-def median(values: list[float]) -> float:
-    return statistics.median(values)

@@ -14,7 +14,6 @@ import torch
 
 from ..samplers.keyframes import FRAMES_KEY
 
-ARCHS = ("tiny", "full")
 
 
 @dataclass(frozen=True)
@@ -25,6 +24,7 @@ class Arch:
 
 
 ARCH = {"tiny": Arch(32, 16, 64), "full": Arch(320, 64, 1024)}
+ARCHS = tuple(ARCH)
 
 
 def unet_config(arch: str) -> dict:

@@ -22,10 +22,10 @@ import math
 import torch
 from torch import nn
 
-from ..attention_patch.layers import PREFIX, original_module, temporal_attn1_paths
+from ..attention_patch.layers import FUSED_MODES, PREFIX, original_module, temporal_attn1_paths
 from ..samplers.schedule import recurrence_generator
 
-REFERENCE_MODES = ("gi", "gi_no_finetune", "trf")
+REFERENCE_MODES = FUSED_MODES
 
 
 def rotated_paths(paths: list[str], mode: str) -> list[str]:

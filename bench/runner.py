@@ -5,13 +5,14 @@ import json
 import logging
 import os
 import platform
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
+from statistics import median
 
 import torch
 
 from ..attention_patch.layers import with_proxies
-from ..attention_patch.run_state import RUN_KEY
-from .measure import PeakMemory, Stopwatch, UnetCounter, median
+from ..samplers.schedule import fused_evaluations
+from .measure import PeakMemory, Stopwatch, UnetCounter
 from .models import random_backward_weights, random_conds, svd_patcher
 from .reference import REFERENCE_MODES, ReferenceScheme
 
@@ -42,7 +43,7 @@ class Settings:
 
     @property
     def fused_evaluations(self) -> int:
-        return self.steps + self.recurrence * int(self.steps * self.recurrence_ratio)
+        return fused_evaluations(self.steps, self.recurrence, self.recurrence_ratio)
 
 
 @dataclass
@@ -75,7 +76,7 @@ def run_ours(model, execution: str, mode: str, inputs, s: Settings, device) -> R
     from ..samplers.run import sample_inbetween
 
     ps, ns, pe, ne, latent = inputs
-    counter = UnetCounter(s.frames, RUN_KEY)
+    counter = UnetCounter(s.frames)
     m = model.clone()
     m.set_model_unet_function_wrapper(counter)
     with PeakMemory(device) as mem, Stopwatch(device) as sw:
@@ -186,20 +187,21 @@ def run_bench(s: Settings, model=None, backward: dict | None = None) -> dict[str
     inputs = random_conds(s.arch, s.width, s.height, s.frames, seed=s.seed + 1)
     flops_video = flops_per_video(s)
     results: dict[str, dict] = {}
+
+    def once(name: str, mode: str, settings: Settings):
+        if name == "reference":
+            return _attempt(lambda: run_reference(model, backward, mode, inputs, settings, device))
+        return _attempt(lambda: run_ours(model_gi if mode == "gi" else model, name, mode, inputs, settings, device))
+
     # One short untimed pass per scheme first: lazy initialisation would otherwise land on whichever runs first.
     warm = replace(s, steps=1, recurrence=0)
-    _attempt(lambda: run_reference(model, backward, s.modes[0], inputs, warm, device))
-    for name in ours_schemes:
-        _attempt(lambda: run_ours(model_gi if s.modes[0] == "gi" else model, name, s.modes[0], inputs, warm, device))
+    for name in ("reference", *ours_schemes):
+        once(name, s.modes[0], warm)
     for mode in s.modes:
-        ours_model = model_gi if mode == "gi" else model
         runs: dict[str, list] = {name: [] for name in s.schemes}
         for _ in range(s.repeats):
             for name in s.schemes:
-                if name == "reference":
-                    runs[name].append(_attempt(lambda: run_reference(model, backward, mode, inputs, s, device)))
-                else:
-                    runs[name].append(_attempt(lambda: run_ours(ours_model, name, mode, inputs, s, device)))
+                runs[name].append(once(name, mode, s))
         for name, rs in runs.items():
             results[f"{mode}/{name}"] = {"fused_evaluations": s.fused_evaluations,
                                          **_summary(rs, runs["reference"], flops_video)}
@@ -220,6 +222,11 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     return f"CPU {cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def passes(result: dict, dtype: str) -> bool:
+    """Within the dtype's tolerance of the reference, and every repeat bit-identical."""
+    return result["max_abs_diff"] <= TOLERANCE[dtype] and result["repeatable"]
 
 
 def _cell(value, fmt: str, width: int) -> str:
@@ -243,8 +250,7 @@ def format_table(s: Settings, results: dict[str, dict], device_text: str) -> lis
         if r["oom"]:
             lines.append(f"{key:<26} OUT OF MEMORY: {r['error'][:120]}")
             continue
-        ok = "n/a" if r["max_abs_diff"] is None else \
-            "yes" if r["max_abs_diff"] <= tol and r["repeatable"] else "NO"
+        ok = "n/a" if r["max_abs_diff"] is None else "yes" if passes(r, s.dtype) else "NO"
         lines.append(f"{key:<26} {r['unet_calls']:>10} {r['unet_videos']:>6} {r['wall_s']:>8.3f} "
                      f"{_cell(r['wall_ratio'], '.2f', 6)} {r['cpu_s']:>8.3f} {_cell(r['cpu_ratio'], '.2f', 6)} "
                      f"{r['peak_bytes'] / 2 ** 20:>15.1f} {r['map_bytes'] / 1024:>9.1f} "
@@ -261,6 +267,3 @@ def format_table(s: Settings, results: dict[str, dict], device_text: str) -> lis
 def json_line(results: dict[str, dict]) -> str:
     return json.dumps(results, sort_keys=False)
 
-
-def settings_dict(s: Settings) -> dict:
-    return asdict(s)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import sys
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +47,13 @@ def add_parser(subparsers) -> None:
 
 def setup_comfyui(path: str | None, cpu: bool) -> None:
     """Make ComfyUI importable; CPU mode when asked or when torch sees no GPU (before model_management loads)."""
-    root = os.path.expanduser(path or os.environ.get("COMFYUI_PATH", "~/ComfyUI"))
-    if not os.path.isfile(os.path.join(root, "comfy", "model_patcher.py")):
-        raise SystemExit(f"svd-inbetween bench: no ComfyUI checkout at {root}; pass --comfyui or set COMFYUI_PATH")
-    if root not in sys.path:
-        sys.path.insert(0, root)
     import torch
-    import comfy.cli_args
-    if cpu or not torch.cuda.is_available():
-        comfy.cli_args.args.cpu = True
+
+    from .comfy_session import ComfyUINotFound, prepare_comfyui
+    try:
+        prepare_comfyui(path, cpu or not torch.cuda.is_available())
+    except ComfyUINotFound as e:
+        raise SystemExit(f"svd-inbetween bench: {e}") from None
 
 
 def run(args) -> int:
@@ -65,7 +61,7 @@ def run(args) -> int:
     import comfy.utils
 
     from ..bench.fullsize import accounting, format_accounting
-    from ..bench.runner import TOLERANCE, Settings, format_table, json_line, machine, run_bench
+    from ..bench.runner import TOLERANCE, Settings, format_table, json_line, machine, passes, run_bench
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
     modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
@@ -90,8 +86,7 @@ def run(args) -> int:
     if unchecked:
         log.warning("svd-inbetween bench: the reference ran out of memory, so %s were not checked against it",
                     ", ".join(unchecked))
-    bad = [k for k, r in results.items() if not r["oom"] and r["max_abs_diff"] is not None
-           and (r["max_abs_diff"] > TOLERANCE[s.dtype] or not r["repeatable"])]
+    bad = [k for k, r in results.items() if not r["oom"] and r["max_abs_diff"] is not None and not passes(r, s.dtype)]
     if bad:
         log.error("svd-inbetween bench: %s differ from the reference by more than %g or are not repeatable",
                   ", ".join(bad), TOLERANCE[s.dtype])

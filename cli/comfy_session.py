@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 log = logging.getLogger(__name__)
@@ -33,6 +33,17 @@ def comfyui_path(path: str | None = None) -> str:
     return os.path.abspath(path)
 
 
+def prepare_comfyui(path: str | None = None, cpu: bool = False) -> str:
+    """Make the ComfyUI checkout importable and set its CPU flag (before model_management loads); its root."""
+    root = comfyui_path(path)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    import comfy.cli_args
+    if cpu:
+        comfy.cli_args.args.cpu = True
+    return root
+
+
 class _Server:
     """The parts of PromptServer that PromptExecutor talks to."""
 
@@ -40,10 +51,9 @@ class _Server:
         self.client_id = None
         self.last_node_id = None
         self.last_prompt_id = None
-        self.messages: list[tuple[str, dict]] = []
 
     def send_sync(self, event, data, sid=None):
-        self.messages.append((event, data))
+        pass  # progress and status events; the executor keeps the status messages itself
 
     def send_progress_text(self, text, node_id, sid=None):
         pass
@@ -53,7 +63,6 @@ class _Server:
 class Result:
     prompt_id: str
     outputs: dict
-    messages: list = field(default_factory=list)
 
 
 def _use_base_directory(base: str) -> None:
@@ -71,12 +80,8 @@ def _use_base_directory(base: str) -> None:
 class ComfySession:
     def __init__(self, comfyui: str | None = None, base_directory: str | None = None, cpu: bool = False,
                  extra_custom_nodes: tuple[str, ...] = ()):
-        root = comfyui_path(comfyui)
-        if root not in sys.path:
-            sys.path.insert(0, root)
+        prepare_comfyui(comfyui, cpu)
         import comfy.cli_args
-        if cpu:
-            comfy.cli_args.args.cpu = True
         if base_directory:
             comfy.cli_args.args.base_directory = os.path.abspath(base_directory)
         import utils.extra_config  # noqa: F401  (must precede `nodes`)
@@ -103,13 +108,12 @@ class ComfySession:
         valid = asyncio.run(execution.validate_prompt(prompt_id, prompt, None))
         if not valid[0]:
             raise PromptFailed(f"prompt failed validation: {valid[1]}; {valid[3]}", {"error": valid[1], "node_errors": valid[3]})
-        self.server.messages = []
         self.executor.execute(prompt, prompt_id, {}, valid[2])
         if not self.executor.success:
             errors = [d for e, d in self.executor.status_messages if e in ("execution_error", "execution_interrupted")]
             detail = errors[-1] if errors else {}
             raise PromptFailed(f"{detail.get('node_type', '?')} failed: {detail.get('exception_message', detail)}", detail)
-        return Result(prompt_id, self.executor.history_result["outputs"], list(self.executor.status_messages))
+        return Result(prompt_id, self.executor.history_result["outputs"])
 
     def node_output(self, node_id: str):
         """The cached Python outputs of a node from the last run (e.g. a LATENT dict)."""

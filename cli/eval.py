@@ -8,11 +8,12 @@ import logging
 import os
 import tempfile
 
+from ..attention_patch.layers import FUSED_MODES
 from .run import add_generation_args
 
 log = logging.getLogger(__name__)
 METRICS = ("psnr", "ssim", "lpips", "fid", "fvd")
-MODES = ("gi", "gi_no_finetune", "trf")
+MODES = FUSED_MODES
 # per-variant overrides accepted in --mode MODE:key=value
 VARIANT_KEYS = {"seed": int, "steps": int, "cfg": float, "recurrence": int, "recurrence_ratio": float,
                 "forward_weight": float, "execution": str, "motion_bucket_id": int, "fps": int}
@@ -133,7 +134,6 @@ def comfy_generator(session, args, workdir: str, transform=None):
 
 def fit_like_conditioning(args):
     """Ground truth resized the way SVDInbetweenConditioning resizes the keyframes."""
-    import numpy as np
     import torch
 
     from ..samplers.keyframes import fit_image
@@ -141,7 +141,7 @@ def fit_like_conditioning(args):
     def fit(frames, width, height):
         t = torch.from_numpy(frames).float() / 255
         out = fit_image(t, width, height, args.resize)
-        return (out.clamp(0, 1) * 255).round().to(torch.uint8).numpy().astype(np.uint8)
+        return (out.clamp(0, 1) * 255).round().to(torch.uint8).numpy()
     return fit
 
 
@@ -149,11 +149,11 @@ def evaluate(args, session=None, transform=None, scorers=None) -> list[dict]:
     """The whole command; tests pass a session, a prompt transform (tiny models) and tiny extractors."""
     from ..evaluation.harness import Evaluation
     todo_variants, todo_pairs = variants(args), pairs(args)
-    scorers = scorers if scorers is not None else build_scorers(args)
     if not os.path.isfile(args.checkpoint):
         raise SystemExit(f"svd-inbetween eval: checkpoint not found: {args.checkpoint}")
     if args.backward and not os.path.isfile(args.backward):
         raise SystemExit(f"svd-inbetween eval: backward weights not found: {args.backward}")
+    scorers = scorers if scorers is not None else build_scorers(args)  # loads the metric networks
     if session is None:
         from .comfy_session import ComfySession
         session = ComfySession(comfyui=args.comfyui, cpu=args.cpu)

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 from tqdm.auto import tqdm
 
-from ..attention_patch.layers import MODE_HELP, MODES
+from ..attention_patch.layers import BACKWARD_WEIGHT_MODES, MODE_HELP, MODES
+from ..evaluation.data import IMAGE_EXTS
+from ..samplers.execution import EXECUTIONS
+from ..samplers.keyframes import RESIZE_MODES
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(PACK_DIR, "workflows", "api", "svd_inbetween_full.json")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 @dataclass
@@ -55,10 +57,10 @@ def add_generation_args(p: argparse.ArgumentParser, seed_help: str | None = None
     p.add_argument("--recurrence", type=int, default=5)
     p.add_argument("--recurrence-ratio", type=float, default=0.5)
     p.add_argument("--forward-weight", type=float, default=0.5)
-    p.add_argument("--execution", default="auto", choices=("auto", "batched", "sequential"))
+    p.add_argument("--execution", default="auto", choices=EXECUTIONS)
     p.add_argument("--motion-bucket-id", type=int, default=127)
     p.add_argument("--fps", type=int, default=7)
-    p.add_argument("--resize", default="crop", choices=("crop", "stretch", "pad"), help=resize_help)
+    p.add_argument("--resize", default="crop", choices=RESIZE_MODES, help=resize_help)
 
 
 def collect_pairs(args) -> list[Pair]:
@@ -132,9 +134,6 @@ def run_pairs(session, args, pairs: list[Pair], workdir: str, transform=None) ->
     if args.backward:
         backward = os.path.abspath(args.backward)
         folder_paths.add_model_folder_path("svd_inbetween", os.path.dirname(backward), is_default=True)
-    elif args.mode in ("gi", "vibid_gi"):
-        raise SystemExit(f"svd-inbetween run: mode {args.mode} needs --backward WEIGHTS "
-                         "(or use --mode gi_no_finetune, trf or vibid)")
     written = []
     for i, pair in enumerate(tqdm(pairs, desc="clips", disable=len(pairs) < 2)):
         names = []
@@ -161,6 +160,9 @@ def main(args: argparse.Namespace) -> int:
         raise SystemExit(f"svd-inbetween run: checkpoint not found: {args.checkpoint}")
     if args.backward and not os.path.isfile(args.backward):
         raise SystemExit(f"svd-inbetween run: backward weights not found: {args.backward}")
+    if not args.backward and args.mode in BACKWARD_WEIGHT_MODES:
+        raise SystemExit(f"svd-inbetween run: mode {args.mode} needs --backward WEIGHTS "
+                         "(or use --mode gi_no_finetune, trf or vibid)")
     session = ComfySession(comfyui=args.comfyui, cpu=args.cpu)
     with tempfile.TemporaryDirectory(prefix="svd-inbetween-") as workdir:
         for path in run_pairs(session, args, pairs, workdir):

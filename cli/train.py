@@ -10,6 +10,8 @@ import logging
 import os
 import sys
 
+from ..weights.format import KINDS
+
 log = logging.getLogger(__name__)
 
 PRECISIONS = {"no": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -45,7 +47,7 @@ def add_parser(sub) -> None:
                    "much less memory, one extra forward per sample (~25%% slower)")
     p.add_argument("--save-every", type=int, default=1000, help="write a checkpoint every N steps (0: only the end)")
     p.add_argument("--resume", help="a checkpoint .safetensors written by this command (its .train_state beside it)")
-    p.add_argument("--kind", default="absolute", choices=("absolute", "delta"),
+    p.add_argument("--kind", default="absolute", choices=KINDS,
                    help="save W' itself, or W' - W of the checkpoint (to transplant onto another SVD)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--fps", type=int, default=7)
@@ -75,16 +77,6 @@ def _init_distributed(cpu: bool):
     return dist
 
 
-def _setup_comfy(comfyui: str | None, cpu: bool) -> None:
-    from .comfy_session import comfyui_path
-    root = comfyui_path(comfyui)
-    if root not in sys.path:
-        sys.path.insert(0, root)
-    import comfy.cli_args
-    if cpu:
-        comfy.cli_args.args.cpu = True
-
-
 def _check_sizes(args) -> None:
     if not os.path.isfile(args.checkpoint) or not args.checkpoint.endswith((".safetensors", ".sft")):
         raise SystemExit(f"svd-inbetween train: --checkpoint {args.checkpoint}: no such .safetensors file; give "
@@ -105,7 +97,8 @@ def main(args) -> int:
     _check_sizes(args)
     dist = _init_distributed(args.cpu)
     try:
-        _setup_comfy(args.comfyui, args.cpu)
+        from .comfy_session import prepare_comfyui
+        prepare_comfyui(args.comfyui, args.cpu)
         import comfy.sd
         dataset = ClipDataset(args.data, args.frames, args.width, args.height, args.stride, args.resize, args.seed)
         log.info("svd-inbetween train: %d videos in %s", len(dataset), args.data)

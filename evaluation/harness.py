@@ -159,8 +159,8 @@ class Evaluation:
         return self.summarise(lay, key)
 
     def _score_pair(self, pair: Pair, variants: list[Variant], lay: Layout, key: str) -> None:
-        keys = read_frames(pair.source, [pair.start, pair.end])
         gt_raw = read_frames(pair.source, clip_indices(pair, self.frames))
+        keys = gt_raw[[0, -1]]  # clip_indices starts at pair.start and ends at pair.end
         gt = None
         for v in variants:
             t0 = time.perf_counter()

@@ -1,19 +1,12 @@
 from __future__ import annotations
 
-import comfy.samplers
 from comfy_api.latest import io
 
-from ..attention_patch.layers import MODE_HELP, MODES
-from ..samplers.execution import EXECUTIONS
-from ..samplers.guidance import GUIDANCE
-from ..samplers.recurrent_euler import recurrent_euler_sampler
+from ..samplers.recurrent_euler import recurrent_euler_for
 from ..samplers.run import make_guider, sample_inbetween
-from ..samplers.validation import InbetweenInputError, fail
-from ..samplers.vibid import SEQUENTIAL_MODES, check_vibid_model, sample_vibid_inbetween, vibid_sampler
+from ..samplers.vibid import SEQUENTIAL_MODES, sample_vibid_inbetween, vibid_sampler
 from .common import CATEGORY
-
-MODE_TOOLTIP = "; ".join(f"{k}: {v}" for k, v in MODE_HELP.items())
-
+from .inputs import guidance_inputs, recurrence_inputs, scheduler_input
 
 def _conds_inputs():
     return [
@@ -24,40 +17,10 @@ def _conds_inputs():
     ]
 
 
-def _guidance_inputs():
-    return [
-        io.Float.Input("cfg", default=2.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                       tooltip="Guidance scale of each direction. The paper's 1..3 per-frame ramp averaged "
-                               "with its flip is a constant 2.0."),
-        io.Combo.Input("mode", options=list(MODES), default="gi", tooltip=MODE_TOOLTIP),
-        io.Float.Input("forward_weight", default=0.5, min=0.0, max=1.0, step=0.05,
-                       tooltip="Weight of the forward prediction in the fusion; 1.0 = plain SVD from the start frame. "
-                               "Not used by the vibid modes."),
-        io.Combo.Input("execution", options=list(EXECUTIONS), default="auto",
-                       tooltip="batched: one UNet call per step for both directions, no stored maps (fast); "
-                               "sequential: two calls, maps held in between (less memory); auto: batched if it fits."),
-        io.Combo.Input("guidance", options=list(GUIDANCE), default="constant", optional=True,
-                       tooltip="constant: cfg on every frame; linear: per-frame ramp min_cfg -> cfg away from "
-                               "each direction's keyframe (SVD's VideoLinearCFGGuidance, per direction)."),
-        io.Float.Input("min_cfg", default=1.0, min=0.0, max=100.0, step=0.1, optional=True,
-                       tooltip="Guidance at each direction's keyframe when guidance is linear."),
-    ]
-
-
-def _recurrence_inputs():
-    return [
-        io.Int.Input("recurrence", default=5, min=0, max=100,
-                     tooltip="Extra passes per early step after re-noising (paper: 5). 0 = plain Euler. "
-                             "Not used by the vibid modes."),
-        io.Float.Input("recurrence_ratio", default=0.5, min=0.0, max=1.0, step=0.05,
-                       tooltip="Fraction of the steps, from the start, that get the extra passes (paper: 0.5)."),
-    ]
-
-
 class SVDInbetweenSampler(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
-        g = {i.id: i for i in _guidance_inputs()}
+        g = guidance_inputs()
         return io.Schema(
             node_id="SVDInbetweenSampler",
             display_name="SVD Inbetween Sampler",
@@ -73,10 +36,8 @@ class SVDInbetweenSampler(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="Seed of the initial and the recurrence noise."),
                 io.Int.Input("steps", default=50, min=1, max=10000, tooltip="Euler steps (paper: 50)."),
-                g["cfg"], g["mode"], *_recurrence_inputs(), g["forward_weight"], g["execution"],
-                io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="karras",
-                               optional=True, tooltip="Sigma schedule; SVD uses karras."),
-                g["guidance"], g["min_cfg"],
+                g["cfg"], g["mode"], *recurrence_inputs(), g["forward_weight"], g["execution"],
+                scheduler_input(), g["guidance"], g["min_cfg"],
             ],
             outputs=[io.Latent.Output("latent", tooltip="The sampled video latent; decode with VAEDecode.")],
         )
@@ -105,15 +66,13 @@ class SVDInbetweenGuider(io.ComfyNode):
             description="The dual-direction guider as a GUIDER for SamplerCustomAdvanced (modes vibid and "
                         "vibid_gi need SVDInbetweenViBiDSampler as SAMPLER).",
             inputs=[io.Model.Input("model", tooltip="SVD model; for mode gi, from SVDInbetweenLoadBackwardWeights."),
-                    *_conds_inputs(), *_guidance_inputs()],
+                    *_conds_inputs(), *guidance_inputs().values()],
             outputs=[io.Guider.Output("guider", tooltip="Use with SamplerCustomAdvanced and SVDInbetweenRecurrentEuler.")],
         )
 
     @classmethod
     def execute(cls, model, positive_start, negative_start, positive_end, negative_end, cfg, mode, forward_weight,
                 execution, guidance="constant", min_cfg=1.0) -> io.NodeOutput:
-        if mode in SEQUENTIAL_MODES:
-            check_vibid_model("SVDInbetweenGuider", model, mode)
         return io.NodeOutput(make_guider("SVDInbetweenGuider", model, positive_start, negative_start, positive_end,
                                          negative_end, cfg, mode, forward_weight, execution, guidance, min_cfg))
 
@@ -126,16 +85,13 @@ class SVDInbetweenRecurrentEuler(io.ComfyNode):
             display_name="SVD Inbetween Recurrent Euler",
             category=CATEGORY,
             description="Euler sampler with the paper's recurrence (noise re-injection) as a SAMPLER.",
-            inputs=_recurrence_inputs(),
+            inputs=recurrence_inputs(),
             outputs=[io.Sampler.Output("sampler", tooltip="Use with SamplerCustomAdvanced.")],
         )
 
     @classmethod
     def execute(cls, recurrence, recurrence_ratio) -> io.NodeOutput:
-        try:
-            return io.NodeOutput(recurrent_euler_sampler(recurrence, recurrence_ratio))
-        except ValueError as e:
-            fail("SVDInbetweenRecurrentEuler", "recurrence", str(e))
+        return io.NodeOutput(recurrent_euler_for("SVDInbetweenRecurrentEuler", recurrence, recurrence_ratio))
 
 
 class SVDInbetweenViBiDSampler(io.ComfyNode):
@@ -165,5 +121,4 @@ class SVDInbetweenViBiDSampler(io.ComfyNode):
         return io.NodeOutput(vibid_sampler(cfg_pp, dds))
 
 
-__all__ = ["SVDInbetweenSampler", "SVDInbetweenGuider", "SVDInbetweenRecurrentEuler", "SVDInbetweenViBiDSampler",
-           "InbetweenInputError"]
+__all__ = ["SVDInbetweenSampler", "SVDInbetweenGuider", "SVDInbetweenRecurrentEuler", "SVDInbetweenViBiDSampler"]

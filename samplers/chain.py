@@ -95,37 +95,28 @@ def sample_chain(node: str, model, clip_vision, vae, images: torch.Tensor, width
     """
     from ..attention_patch.layers import MODES, with_proxies
     from .guider import SVDInbetweenChainGuider, SVDInbetweenGuider
-    from .keyframes import augment, augmentation_noise, fit_image, svd_conds
-    from .recurrent_euler import recurrent_euler_sampler
-    from .validation import check_inputs, check_model
-    from .run import run_guider
-    from .vibid import SEQUENTIAL_MODES, check_vibid_model, vibid_sampler
+    from .keyframes import empty_video_latent, encode_keyframes
+    from .recurrent_euler import recurrent_euler_for
+    from .run import check_forward_weight, run_guider
+    from .validation import check_inputs, check_model, check_size
+    from .vibid import SEQUENTIAL_MODES, vibid_sampler
 
     check_images(node, images)
-    if width % 8 or height % 8:
-        fail(node, "width", f"width and height must be multiples of 8, got {width}x{height}")
+    check_size(node, width, height)
     if mode not in MODES:
         fail(node, "mode", f"must be one of {', '.join(MODES)}, got {mode!r}")
     counts = parse_frame_counts(node, frames, images.shape[0] - 1)
+    check_model(node, model, mode)
     if mode in SEQUENTIAL_MODES:
-        check_vibid_model(node, model, mode)
         sampler = vibid_sampler(cfg_pp, dds)
     else:
-        check_model(node, model, mode)
-        if not 0.0 <= forward_weight <= 1.0:
-            fail(node, "forward_weight", f"must be in [0, 1], got {forward_weight}")
-        try:
-            sampler = recurrent_euler_sampler(recurrence, recurrence_ratio)
-        except ValueError as e:
-            fail(node, "recurrence", str(e))
+        check_forward_weight(node, forward_weight)
+        sampler = recurrent_euler_for(node, recurrence, recurrence_ratio)
 
-    keys = [fit_image(images[i:i + 1], width, height, resize) for i in range(images.shape[0])]
-    noise = augmentation_noise(keys[0].shape, seed)
-    conds = [svd_conds(clip_vision, vae, k, augment(k, augmentation_level, noise), motion_bucket_id, fps,
-                       augmentation_level, counts[0]) for k in keys]
+    keys, conds = encode_keyframes(clip_vision, vae, [images[i:i + 1] for i in range(images.shape[0])], width, height,
+                                   resize, seed, motion_bucket_id, fps, augmentation_level, counts[0])
     windows = chain_windows(counts)
-    total = windows[-1][1]
-    latent = torch.zeros([total, 4, height // 8, width // 8])
+    latent = empty_video_latent(windows[-1][1], width, height)
     m = with_proxies(model)
     guiders = []
     for k, ((start, stop), n) in enumerate(zip(windows, counts)):

@@ -14,7 +14,7 @@ from ..attention_patch.layers import rotate_layers, temporal_attn1_paths
 from ..attention_patch.rotation import flip_frames
 from ..attention_patch.run_state import (BACKWARD_COND, BACKWARD_UNCOND, FORWARD_COND, FORWARD_UNCOND, RUN_KEY,
                                          InbetweenRun, is_backward)
-from .execution import EXECUTIONS, choose_execution, estimate_memory
+from .execution import EXECUTIONS, batched_memory, choose_execution
 from .fusion import fuse
 from .validation import fail
 from .vibid import ANSWERS_MARK, BACKWARD, DIRECTION_KEY, FORWARD, SEQUENTIAL_MARK, SEQUENTIAL_MODES, DirectionRequest
@@ -93,9 +93,9 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
             fail("SVDInbetweenGuider", "mode", f"{self.mode!r} denoises the two directions one after the other and "
                  "needs the SVDInbetweenViBiDSampler as SAMPLER; with other samplers pick gi, gi_no_finetune or trf")
 
-    def begin_run(self, frames: int) -> None:
+    def begin_run(self) -> None:
         """Per-run state; `sample` calls it, a chain guider calls it for each segment."""
-        self._run = InbetweenRun(rotate_layers=self.layers, finetuned=self.rotation == "gi", frames=frames)
+        self._run = InbetweenRun(rotate_layers=self.layers, finetuned=self.rotation == "gi")
         self.chosen_execution = None
         self._pins = None
 
@@ -108,7 +108,7 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
 
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None):
         self.check_sampler(sampler)
-        self.begin_run(noise.shape[0])
+        self.begin_run()
         try:
             return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
         finally:
@@ -116,9 +116,8 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
 
     def _execution_for(self, x: torch.Tensor) -> str:
         if self.chosen_execution is None:
-            budget = estimate_memory(self.inner_model, self.paths, self.layers, x)
             free = comfy.model_management.get_free_memory(x.device)
-            self.chosen_execution = choose_execution(self.execution, free, budget)
+            self.chosen_execution = choose_execution(self.execution, free, batched_memory(self.inner_model, x))
         return self.chosen_execution
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
@@ -247,7 +246,7 @@ class SVDInbetweenChainGuider(comfy.samplers.CFGGuider):
 
         for g, (start, stop) in zip(self.segments, self.windows):
             g.check_sampler(sampler)
-            g.begin_run(stop - start)
+            g.begin_run()
         own_options = self.model_options
         self.model_options = comfy.model_patcher.create_model_options_clone(own_options)
         comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING,

@@ -66,3 +66,20 @@ def svd_conds(clip_vision, vae, pixels: torch.Tensor, encode_pixels: torch.Tenso
     positive = [[pooled, dict(extra, concat_latent_image=t)]]
     negative = [[torch.zeros_like(pooled), dict(extra, concat_latent_image=torch.zeros_like(t))]]
     return positive, negative
+
+
+def encode_keyframes(clip_vision, vae, images: list[torch.Tensor], width: int, height: int, resize: str, seed: int,
+                     motion_bucket_id: int, fps: int, augmentation_level: float, frames: int):
+    """Keyframes ([1, H, W, C] each) -> (the resized keyframes, their (positive, negative) conds).
+
+    One augmentation noise (from `seed`) is shared by every keyframe, as in the authors' pipeline.
+    """
+    keys = [fit_image(image, width, height, resize) for image in images]
+    noise = augmentation_noise(keys[0].shape, seed)
+    conds = [svd_conds(clip_vision, vae, k, augment(k, augmentation_level, noise), motion_bucket_id, fps,
+                       augmentation_level, frames) for k in keys]
+    return keys, conds
+
+
+def empty_video_latent(frames: int, width: int, height: int) -> torch.Tensor:
+    return torch.zeros([frames, 4, height // 8, width // 8])

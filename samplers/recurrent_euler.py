@@ -45,3 +45,12 @@ def recurrent_euler_sampler(recurrence: int = 5, recurrence_ratio: float = 0.5) 
     repeats_per_step(1, recurrence, recurrence_ratio)  # validate early
     return comfy.samplers.KSAMPLER(sample_recurrent_euler,
                                    extra_options={"recurrence": recurrence, "recurrence_ratio": recurrence_ratio})
+
+
+def recurrent_euler_for(node: str, recurrence: int, recurrence_ratio: float) -> comfy.samplers.KSAMPLER:
+    """recurrent_euler_sampler with a bad setting reported against `node`'s recurrence input."""
+    from .validation import fail
+    try:
+        return recurrent_euler_sampler(recurrence, recurrence_ratio)
+    except ValueError as e:
+        fail(node, "recurrence", str(e))

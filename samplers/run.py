@@ -11,8 +11,13 @@ from ..attention_patch.layers import with_proxies
 from .execution import EXECUTIONS
 from .guidance import linear_cfg
 from .guider import SVDInbetweenGuider
-from .recurrent_euler import recurrent_euler_sampler
+from .recurrent_euler import recurrent_euler_for
 from .validation import check_choice, check_conds_fit_model, check_inputs, check_model, fail
+
+
+def check_forward_weight(node: str, forward_weight: float) -> None:
+    if not 0.0 <= forward_weight <= 1.0:
+        fail(node, "forward_weight", f"must be in [0, 1], got {forward_weight}")
 
 
 def make_guider(node: str, model, positive_start, negative_start, positive_end, negative_end, cfg: float,
@@ -24,8 +29,7 @@ def make_guider(node: str, model, positive_start, negative_start, positive_end, 
              "positive_end": positive_end, "negative_end": negative_end}
     check_inputs(node, conds, None, cfg=cfg)
     check_conds_fit_model(node, model, conds)
-    if not 0.0 <= forward_weight <= 1.0:
-        fail(node, "forward_weight", f"must be in [0, 1], got {forward_weight}")
+    check_forward_weight(node, forward_weight)
     m = with_proxies(model)
     if guidance == "linear":
         m.set_model_sampler_cfg_function(linear_cfg(min_cfg))
@@ -46,7 +50,7 @@ def sample_inbetween(node: str, model, positive_start, negative_start, positive_
     check_inputs(node, {"positive_start": positive_start, "positive_end": positive_end}, samples, steps=steps)
     guider = make_guider(node, model, positive_start, negative_start, positive_end, negative_end, cfg, mode,
                          forward_weight, execution, guidance, min_cfg)
-    return run_guider(node, guider, latent, seed, steps, scheduler, recurrent_euler_sampler(recurrence, recurrence_ratio),
+    return run_guider(node, guider, latent, seed, steps, scheduler, recurrent_euler_for(node, recurrence, recurrence_ratio),
                       callback)
 
 

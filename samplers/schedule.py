@@ -15,6 +15,11 @@ def repeats_per_step(steps: int, recurrence: int, recurrence_ratio: float) -> li
     return [recurrence if i < last else 0 for i in range(steps)]
 
 
+def fused_evaluations(steps: int, recurrence: int, recurrence_ratio: float) -> int:
+    """Model evaluations of a run: one per step plus the recurrence passes."""
+    return steps + sum(repeats_per_step(steps, recurrence, recurrence_ratio))
+
+
 def renoise_std(sigma: torch.Tensor, sigma_next: torch.Tensor) -> torch.Tensor:
     """Std of the noise that takes a sample at sigma_next back to sigma."""
     return (sigma ** 2 - sigma_next ** 2).clamp(min=0).sqrt()

@@ -5,8 +5,10 @@ import math
 
 import torch
 
-from ..attention_patch.layers import NotSVDModelError, has_backward_weights, temporal_attn1_paths
+from ..attention_patch.layers import (BACKWARD_WEIGHT_MODES, NotSVDModelError, has_backward_weights,
+                                      temporal_attn1_paths)
 from .keyframes import FRAMES_KEY
+from .vibid import SEQUENTIAL_MODES
 
 MIN_FRAMES = 3
 
@@ -41,9 +43,15 @@ def check_model(node: str, model, mode: str) -> None:
         temporal_attn1_paths(model)
     except NotSVDModelError as e:
         fail(node, "model", str(e))
-    if mode == "gi" and not has_backward_weights(model):
-        fail(node, "model", "mode 'gi' needs backward-motion weights: put SVDInbetweenLoadBackwardWeights "
-             "before this node, or pick mode 'gi_no_finetune' or 'trf'")
+    if mode in BACKWARD_WEIGHT_MODES and not has_backward_weights(model):
+        instead = "'vibid'" if mode in SEQUENTIAL_MODES else "'gi_no_finetune' or 'trf'"
+        fail(node, "model", f"mode {mode!r} needs backward-motion weights: put SVDInbetweenLoadBackwardWeights "
+             f"before this node, or pick mode {instead}")
+
+
+def check_size(node: str, width: int, height: int) -> None:
+    if width % 8 or height % 8:
+        fail(node, "width", f"width and height must be multiples of 8, got {width}x{height}")
 
 
 def check_conds_fit_model(node: str, model, conds: dict[str, list]) -> None:

@@ -121,28 +121,17 @@ def vibid_sampler(cfg_pp: bool = True, dds: bool = True):
     return comfy.samplers.KSAMPLER(sample_vibid, extra_options={"cfg_pp": bool(cfg_pp), "dds": bool(dds)})
 
 
-def check_vibid_model(node: str, model, mode: str) -> None:
-    """The model checks of the fused modes, with vibid_gi's own message about backward weights."""
-    from ..attention_patch.layers import has_backward_weights
-    from .validation import check_model, fail
-
-    check_model(node, model, "trf")
-    if SEQUENTIAL_MODES.get(mode) == "gi" and not has_backward_weights(model):
-        fail(node, "model", f"mode {mode!r} needs backward-motion weights: put SVDInbetweenLoadBackwardWeights "
-             "before this node, or pick mode 'vibid'")
-
-
 def sample_vibid_inbetween(node: str, model, positive_start, negative_start, positive_end, negative_end,
                            latent: dict, seed: int, steps: int, cfg: float, mode: str = "vibid",
                            execution: str = "auto", scheduler: str = "karras", guidance: str = "constant",
                            min_cfg: float = 1.0, cfg_pp: bool = True, dds: bool = True, callback=None) -> dict:
     """The all-in-one ViBiD run: same inputs as samplers.run.sample_inbetween, no recurrence or fusion weight."""
     from .run import make_guider
-    from .validation import check_inputs, fail
+    from .validation import check_inputs, check_model, fail
 
     if mode not in SEQUENTIAL_MODES:
         fail(node, "mode", f"{mode!r} is not a ViBiD mode ({', '.join(SEQUENTIAL_MODES)})")
-    check_vibid_model(node, model, mode)
+    check_model(node, model, mode)
     check_inputs(node, {"positive_start": positive_start, "positive_end": positive_end}, latent["samples"],
                  steps=steps)
     guider = make_guider(node, model, positive_start, negative_start, positive_end, negative_end, cfg, mode,

@@ -22,7 +22,7 @@ def test_rotated_backward_on_flipped_input_equals_flipped_forward(tiny):
     torch.manual_seed(0)
     frames = 5
     x = torch.randn(12, frames, attn.to_q.in_features)
-    run = InbetweenRun(rotate_layers=frozenset([path]), finetuned=True, frames=frames,
+    run = InbetweenRun(rotate_layers=frozenset([path]), finetuned=True,
                        active=frozenset([BACKWARD_COND, FORWARD_COND]))
     opts = {RUN_KEY: run, "cond_or_uncond": [BACKWARD_COND, FORWARD_COND]}
     with torch.no_grad():
@@ -48,7 +48,7 @@ def test_sequential_hand_over_equals_batched(tiny):
     def call(x, ids, run):
         with torch.no_grad():
             return proxy(x, transformer_options={RUN_KEY: run, "cond_or_uncond": ids})
-    run = InbetweenRun(rotate_layers=frozenset([path]), finetuned=True, frames=5, active=active)
+    run = InbetweenRun(rotate_layers=frozenset([path]), finetuned=True, active=active)
     batched_b, batched_f = call(torch.cat([xb, xf]), [BACKWARD_COND, FORWARD_COND], run).chunk(2)
     seq_f = call(xf, [FORWARD_COND], run)
     assert len(run.maps) == 1 and run.peak_map_bytes > 0
@@ -56,7 +56,7 @@ def test_sequential_hand_over_equals_batched(tiny):
     assert run.maps == {}
     assert torch.allclose(batched_f, seq_f, atol=1e-6) and torch.allclose(batched_b, seq_b, atol=1e-6)
     # the fine-tuned projections are used: plain W gives something else
-    run2 = InbetweenRun(rotate_layers=frozenset([path]), finetuned=False, frames=5, active=active)
+    run2 = InbetweenRun(rotate_layers=frozenset([path]), finetuned=False, active=active)
     plain_b, _ = call(torch.cat([xb, xf]), [BACKWARD_COND, FORWARD_COND], run2).chunk(2)
     assert (plain_b - batched_b).abs().max() > 1e-4
 

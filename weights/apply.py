@@ -26,8 +26,8 @@ def model_base_weights(model_patcher) -> dict:
     for path in temporal_attn1_paths(model_patcher):
         mod = original_module(model_patcher, path)
         pair = []
-        for suffix, live in (("to_v.weight", mod.to_v.weight), ("to_out.0.weight", mod.to_out[0].weight)):
-            saved = model_patcher.backup.get(f"diffusion_model.{path}.{suffix}")
+        for key, live in ((key_v(path), mod.to_v.weight), (key_out(path), mod.to_out[0].weight)):
+            saved = model_patcher.backup.get(key)
             pair.append(saved.weight if saved is not None else live)
         out[path] = tuple(pair)
     return out

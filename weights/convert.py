@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .format import FORMAT, BackwardWeightsError, save_backward_weights
+from .format import FORMAT, BackwardWeightsError, save_backward_weights, write_atomically
 from .keymap import Layer
 from .source import LazyTensors, WeightPairs, locate_layers, read_layers, relative_difference, untrained_tensor
 
@@ -30,7 +30,6 @@ class Converted:
     weights: WeightPairs
     kind: str
     metadata: dict[str, str]
-    layers: list[Layer]
 
 
 def base_mismatch(src: LazyTensors, src_scheme: str, base: LazyTensors, base_scheme: str,
@@ -85,7 +84,7 @@ def convert_weights(source: str, base: str | None = None, fp16: bool = False) ->
                 raise BackwardWeightsError(f"{src.name}: layer {path} has values up to {peak:.3g}, beyond fp16; "
                                            "convert without --fp16")
     weights = {p: (wv.to(dtype), wo.to(dtype)) for p, (wv, wo) in weights.items()}
-    return Converted(weights, kind, meta, layers)
+    return Converted(weights, kind, meta)
 
 
 def convert(source: str, out: str, base: str | None = None, fp16: bool = False) -> Converted:
@@ -95,11 +94,5 @@ def convert(source: str, out: str, base: str | None = None, fp16: bool = False) 
     for given in (source, base):
         if given is not None and os.path.realpath(given) == real_out:
             raise BackwardWeightsError(f"{os.path.basename(out)}: output would overwrite an input; pick another -o")
-    tmp = f"{out}.partial"
-    try:
-        save_backward_weights(tmp, done.weights, done.kind, done.metadata)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomically(lambda tmp: save_backward_weights(tmp, done.weights, done.kind, done.metadata), out)
     return done

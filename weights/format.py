@@ -29,6 +29,17 @@ class BackwardWeightsError(ValueError):
     """A backward-weights file that cannot be used; the message names the file."""
 
 
+def write_atomically(write, file: str) -> None:
+    """write(tmp) then rename over `file`: readers never see half a file; the temporary goes on failure."""
+    tmp = f"{file}.partial"
+    try:
+        write(tmp)
+        os.replace(tmp, file)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def key_v(path: str) -> str:
     return f"{PREFIX}{path}.to_v.weight"
 

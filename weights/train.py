@@ -29,6 +29,7 @@ from ..attention_patch.rotation import flip_frames
 from ..attention_patch.run_state import BACKWARD_COND, FORWARD_COND, RUN_KEY, InbetweenRun
 from ..samplers.keyframes import augment
 from .apply import model_base_weights
+from .format import KINDS
 from .train_data import StepSampler, sample_seed
 from .train_state import TrainState, load_resume, save_checkpoint, step_file
 
@@ -217,8 +218,7 @@ def sample_losses(model_patcher, enc: dict, paths: list[str]) -> torch.Tensor:
     z_t = z + enc["eps"].to(device) * sigma_f[:, None, None, None]
     # Not cleared here: with gradient checkpointing the backward pass reads the maps again
     # (the checkpoints keep this run alive until the graph is freed).
-    run = _TrainingRun(rotate_layers=frozenset(paths), finetuned=True, frames=t,
-                       active=frozenset({FORWARD_COND, BACKWARD_COND}))
+    run = _TrainingRun(rotate_layers=frozenset(paths), finetuned=True, active=frozenset({FORWARD_COND, BACKWARD_COND}))
     with torch.no_grad():
         _apply(model_patcher, z_t, sigma_f, enc["first"], enc["y"], t, FORWARD_COND, run)
     denoised = _apply(model_patcher, flip_frames(z_t, t), sigma_f, enc["last"], enc["y"], t, BACKWARD_COND, run)
@@ -260,7 +260,7 @@ def train(model_patcher, clip_vision, vae, dataset, config: TrainConfig) -> Trai
     """
     distributed, rank, world = _dist()
     accum = config.accumulation(world)
-    if config.kind not in ("absolute", "delta"):
+    if config.kind not in KINDS:
         raise TrainConfigError(f"--kind must be 'absolute' or 'delta', got {config.kind!r}")
     paths = temporal_attn1_paths(model_patcher)
     base = {p: (v.detach().float().cpu(), o.detach().float().cpu()) for p, (v, o) in

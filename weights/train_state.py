@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .format import BackwardWeightsError, read_backward_weights, resolve, save_backward_weights
+from .format import BackwardWeightsError, read_backward_weights, resolve, save_backward_weights, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,6 @@ class TrainState:
             scaler.load_state_dict(meta["scaler"])
 
 
-def _atomic(write, file: str) -> None:
-    tmp = file + ".tmp"
-    write(tmp)
-    os.replace(tmp, file)
-
-
 def save_checkpoint(file: str, weights: dict[str, tuple[torch.Tensor, torch.Tensor]],
                     base: dict[str, tuple[torch.Tensor, torch.Tensor]], kind: str, metadata: dict, step: int,
                     optimizer: torch.optim.Optimizer, scaler, names: list[str], config) -> list[str]:
@@ -78,7 +72,7 @@ def save_checkpoint(file: str, weights: dict[str, tuple[torch.Tensor, torch.Tens
     fp32 = {p: (v.detach().float().cpu(), o.detach().float().cpu()) for p, (v, o) in weights.items()}
     if kind == "delta":
         fp32 = {p: (v - base[p][0], o - base[p][1]) for p, (v, o) in fp32.items()}
-    _atomic(lambda f: save_backward_weights(f, fp32, kind, metadata), file)
+    write_atomically(lambda f: save_backward_weights(f, fp32, kind, metadata), file)
 
     sd = optimizer.state_dict()
     tensors, slots = {}, set()
@@ -93,7 +87,7 @@ def save_checkpoint(file: str, weights: dict[str, tuple[torch.Tensor, torch.Tens
             "config": {k: v for k, v in asdict(config).items() if k != "metadata"}}
     header = {"format": STATE_FORMAT, "format_version": STATE_VERSION, "state": json.dumps(meta, default=str)}
     state_path = state_file(file)
-    _atomic(lambda f: save_file(tensors, f, metadata=header), state_path)
+    write_atomically(lambda f: save_file(tensors, f, metadata=header), state_path)
     return [file, state_path]
 
 
