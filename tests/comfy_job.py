@@ -50,12 +50,12 @@ def prepare_base(base: str) -> str:
     for name in ("start.png", "end.png"):
         Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(os.path.join(base, "input", name))
     import tiny_models
-    from fixtures_host import perturbed_backward_weights
+    from svd_inbetween.bench.models import random_backward_weights
     from svd_inbetween.weights.format import save_backward_weights
     folder = os.path.join(base, "models", "svd_inbetween")
     os.makedirs(folder, exist_ok=True)
     name = "tiny_backward.safetensors"
-    save_backward_weights(os.path.join(folder, name), perturbed_backward_weights(tiny_models.tiny_svd_model()),
+    save_backward_weights(os.path.join(folder, name), random_backward_weights(tiny_models.tiny_svd_model()),
                           "absolute", {"source": "test"})
     return name
 

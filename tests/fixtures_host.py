@@ -19,24 +19,14 @@ def conditioning(cv, vae, frames: int = FRAMES, size: int = SIZE, aug: float = 0
     return SVDInbetweenConditioning.execute(cv, vae, a, b, size, size, frames, 127, 7, aug, "crop", 0).args
 
 
-def perturbed_backward_weights(model, scale: float = 0.1, seed: int = 5):
-    """Absolute W_v', W_o' = W + noise, as a fine-tune would give."""
-    from svd_inbetween.weights.apply import model_base_weights
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for path, (wv, wo) in model_base_weights(model).items():
-        out[path] = (wv.detach().float() + scale * wv.detach().float().std() * torch.randn(wv.shape, generator=g),
-                     wo.detach().float() + scale * wo.detach().float().std() * torch.randn(wo.shape, generator=g))
-    return out
-
-
 class Tiny:
     def __init__(self):
         from svd_inbetween.attention_patch.layers import with_proxies
+        from svd_inbetween.bench.models import random_backward_weights
         self.model = tm.tiny_svd_model()
         self.clip_vision = tm.tiny_clip_vision()
         self.vae = tm.tiny_vae()
-        self.backward = perturbed_backward_weights(self.model)
+        self.backward = random_backward_weights(self.model)
         self.model_gi = with_proxies(self.model, self.backward)
         self.conds = conditioning(self.clip_vision, self.vae)
 

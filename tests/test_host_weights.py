@@ -66,16 +66,12 @@ def test_derived_mapping_matches_the_tiny_comfy_model(tiny):
 def test_full_size_release_lands_on_a_full_size_comfy_svd_unet(tmp_path):
     """Real SVD shapes: a full-size ComfyUI SVD UNet on the meta device, a full-size release file."""
     import comfy.model_patcher
-    import comfy.supported_models
-    import tiny_models as tm
+    from svd_inbetween.bench.models import svd_base_model
     from svd_inbetween.weights.apply import model_base_weights, model_layers, read_any
     from svd_inbetween.weights.format import key_out, key_v
-    cfg = tm.unet_config()
-    cfg.update(model_channels=320, context_dim=1024)
-    mc = comfy.supported_models.SVD_img2vid(cfg)
-    mc.set_inference_dtype(torch.float16, None)
     meta = torch.device("meta")
-    full = comfy.model_patcher.ModelPatcher(mc.get_model({}, device=meta), load_device=meta, offload_device=meta)
+    full = comfy.model_patcher.ModelPatcher(svd_base_model("full", torch.float16, meta), load_device=meta,
+                                            offload_device=meta)
     layers = model_layers(full)
     assert [la.width for la in layers] == [320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 1280, 640, 640, 640,
                                            320, 320, 320]

@@ -217,16 +217,8 @@ def test_cli_registers_train_and_checks_inputs(tmp_path):
 
 def tiny_model_in(dtype):
     """The fixture's tiny SVD (same seed, same weights up to rounding) stored and run in `dtype`."""
-    import comfy.model_patcher
-    import comfy.supported_models
-    import tiny_models as tm
-    mc = comfy.supported_models.SVD_img2vid(tm.unet_config())
-    mc.unet_config["num_head_channels"] = tm.HEAD_CHANNELS
-    mc.set_inference_dtype(dtype, None)
-    model = mc.get_model({}, device=torch.device("cpu"))
-    tm.init_module(model.diffusion_model, 0)
-    cpu = torch.device("cpu")
-    return comfy.model_patcher.ModelPatcher(model, load_device=cpu, offload_device=cpu)
+    from svd_inbetween.bench.models import svd_patcher
+    return svd_patcher("tiny", dtype)
 
 
 def test_bf16_model_trains_fp32_masters(tiny, run, tmp_path):

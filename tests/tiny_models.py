@@ -1,8 +1,9 @@
 """Tiny random SVD models built with ComfyUI's own classes (sub-second on CPU).
 
-The UNet keeps SVD's real block structure (16 temporal attn1 at the real module
-paths) at model_channels 32. Every parameter is initialised from a seeded
-generator, because ComfyUI creates layers uninitialised.
+The UNet is the benchmark's `tiny` architecture (bench/models.py): SVD's real block
+structure (16 temporal attn1 at the real module paths) at model_channels 32. Every
+parameter is initialised from a seeded generator, because ComfyUI creates layers
+uninitialised. Also imported by tests/tiny_pack inside the real server process.
 """
 from __future__ import annotations
 
@@ -10,10 +11,14 @@ import json
 import os
 import tempfile
 
-import torch
+from host import import_pack
 
-CONTEXT_DIM = 64
-HEAD_CHANNELS = 16
+import_pack()  # the repo as `svd_inbetween`, also inside the server process (tests/tiny_pack)
+
+from svd_inbetween.bench.models import ARCH, init_random, svd_patcher  # noqa: E402
+
+CONTEXT_DIM = ARCH["tiny"].context_dim
+HEAD_CHANNELS = ARCH["tiny"].head_channels
 
 CLIP_CONFIG = {
     "attention_dropout": 0.0, "dropout": 0.0, "hidden_act": "quick_gelu", "hidden_size": 32,
@@ -28,46 +33,14 @@ VAE_CONFIG = {"params": {"embed_dim": 4, "ddconfig": {
     "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}}}
 
 
-def init_module(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in module.named_parameters():
-            leaf = name.rsplit(".", 1)[-1]
-            if leaf == "bias" or "mix_factor" in name:
-                p.zero_()
-            elif p.ndim == 1:
-                p.fill_(1.0)
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * std)
-
-
 def unet_config() -> dict:
-    return {
-        "model_channels": 32, "in_channels": 8, "out_channels": 4, "use_linear_in_transformer": True,
-        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "transformer_depth_output": [1] * 9 + [0] * 3,
-        "transformer_depth_middle": 1, "num_res_blocks": [2, 2, 2, 2], "channel_mult": [1, 2, 4, 4],
-        "context_dim": CONTEXT_DIM, "adm_in_channels": 768, "use_temporal_attention": True,
-        "use_temporal_resblock": True, "image_size": 32, "use_spatial_transformer": True,
-        "legacy": False, "num_classes": "sequential", "disable_self_attentions": None,
-        "num_attention_blocks": None, "extra_ff_mix_layer": True, "use_spatial_context": True,
-        "merge_strategy": "learned_with_images", "merge_factor": 0.0, "video_kernel_size": [3, 1, 1],
-        "disable_temporal_crossattention": False, "max_ddpm_temb_period": 10000,
-    }
+    from svd_inbetween.bench.models import unet_config as arch_config
+    return arch_config("tiny")
 
 
 def tiny_svd_model(seed: int = 0):
-    """A ModelPatcher around a tiny random `SVD_img2vid` (fp32, CPU)."""
-    import comfy.model_management
-    import comfy.model_patcher
-    import comfy.supported_models
-
-    mc = comfy.supported_models.SVD_img2vid(unet_config())
-    mc.unet_config["num_head_channels"] = HEAD_CHANNELS
-    mc.set_inference_dtype(torch.float32, None)
-    model = mc.get_model({}, device=torch.device("cpu"))
-    init_module(model.diffusion_model, seed)
-    device = comfy.model_management.get_torch_device()
-    return comfy.model_patcher.ModelPatcher(model, load_device=device, offload_device=torch.device("cpu"))
+    """A ModelPatcher around a tiny random `SVD_img2vid` (fp32, weights on the CPU)."""
+    return svd_patcher("tiny", seed=seed)
 
 
 def tiny_clip_vision(seed: int = 1, **config):
@@ -80,7 +53,7 @@ def tiny_clip_vision(seed: int = 1, **config):
         cv = comfy.clip_vision.ClipVisionModel(f.name)
     finally:
         os.unlink(f.name)
-    init_module(cv.model, seed, std=0.02)
+    init_random(cv.model, seed, std=0.02)
     return cv
 
 
@@ -89,5 +62,5 @@ def tiny_vae(seed: int = 2):
     from comfy.ldm.models.autoencoder import AutoencoderKL
 
     template = AutoencoderKL(**VAE_CONFIG["params"])
-    init_module(template, seed, std=0.05)
+    init_random(template, seed, std=0.05)
     return comfy.sd.VAE(sd=template.state_dict(), config=VAE_CONFIG)

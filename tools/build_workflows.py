@@ -47,61 +47,57 @@ def output_nodes(latent_from):
     }
 
 
-def full():
-    g = common()
-    g["6"] = {"class_type": "SVDInbetweenSampler", "inputs": {
-        "model": ["4", 0], "positive_start": ["5", 0], "negative_start": ["5", 1], "positive_end": ["5", 2],
-        "negative_end": ["5", 3], "latent_image": ["5", 4], "seed": 42, "steps": 50, "cfg": 2.0, "mode": "gi",
-        "recurrence": 5, "recurrence_ratio": 0.5, "forward_weight": 0.5, "execution": "auto",
+CONDS = {"positive_start": ["5", 0], "negative_start": ["5", 1], "positive_end": ["5", 2], "negative_end": ["5", 3]}
+
+
+def sampler_node(model, steps: int, cfg: float, mode: str, recurrence: int):
+    return {"class_type": "SVDInbetweenSampler", "inputs": {
+        "model": model, **CONDS, "latent_image": ["5", 4], "seed": 42, "steps": steps, "cfg": cfg, "mode": mode,
+        "recurrence": recurrence, "recurrence_ratio": 0.5, "forward_weight": 0.5, "execution": "auto",
         "scheduler": "karras", "guidance": "constant", "min_cfg": 1.0}}
-    g.update(output_nodes(["6", 0]))
-    return g
 
 
-def custom_advanced():
+def custom_advanced_graph(cfg: float, mode: str, sampler: dict, steps: int):
+    """SamplerCustomAdvanced with the pack's GUIDER and the given SAMPLER node."""
     g = common()
     g["10"] = {"class_type": "SVDInbetweenGuider", "inputs": {
-        "model": ["4", 0], "positive_start": ["5", 0], "negative_start": ["5", 1], "positive_end": ["5", 2],
-        "negative_end": ["5", 3], "cfg": 2.0, "mode": "gi", "forward_weight": 0.5, "execution": "auto",
+        "model": ["4", 0], **CONDS, "cfg": cfg, "mode": mode, "forward_weight": 0.5, "execution": "auto",
         "guidance": "constant", "min_cfg": 1.0}}
-    g["11"] = {"class_type": "SVDInbetweenRecurrentEuler", "inputs": {"recurrence": 5, "recurrence_ratio": 0.5}}
+    g["11"] = sampler
     g["12"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 42}}
-    g["13"] = {"class_type": "BasicScheduler", "inputs": {"model": ["4", 0], "scheduler": "karras", "steps": 50,
+    g["13"] = {"class_type": "BasicScheduler", "inputs": {"model": ["4", 0], "scheduler": "karras", "steps": steps,
                                                           "denoise": 1.0}}
     g["6"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
         "noise": ["12", 0], "guider": ["10", 0], "sampler": ["11", 0], "sigmas": ["13", 0], "latent_image": ["5", 4]}}
     g.update(output_nodes(["6", 0]))
     return g
+
+
+def full():
+    g = common()
+    g["6"] = sampler_node(["4", 0], steps=50, cfg=2.0, mode="gi", recurrence=5)
+    g.update(output_nodes(["6", 0]))
+    return g
+
+
+def custom_advanced():
+    return custom_advanced_graph(2.0, "gi", {"class_type": "SVDInbetweenRecurrentEuler",
+                                             "inputs": {"recurrence": 5, "recurrence_ratio": 0.5}}, steps=50)
 
 
 def vibid():
     """The training-free fast mode: no backward weights, 25 steps, 2 UNet calls per step."""
     g = common()
     del g["4"]
-    g["6"] = {"class_type": "SVDInbetweenSampler", "inputs": {
-        "model": ["1", 0], "positive_start": ["5", 0], "negative_start": ["5", 1], "positive_end": ["5", 2],
-        "negative_end": ["5", 3], "latent_image": ["5", 4], "seed": 42, "steps": 25, "cfg": 1.0, "mode": "vibid",
-        "recurrence": 0, "recurrence_ratio": 0.5, "forward_weight": 0.5, "execution": "auto",
-        "scheduler": "karras", "guidance": "constant", "min_cfg": 1.0}}
+    g["6"] = sampler_node(["1", 0], steps=25, cfg=1.0, mode="vibid", recurrence=0)
     g.update(output_nodes(["6", 0]))
     return g
 
 
 def vibid_custom_advanced():
     """ViBiD's schedule with the backward-motion model, as GUIDER + SAMPLER building blocks."""
-    g = common()
-    g["10"] = {"class_type": "SVDInbetweenGuider", "inputs": {
-        "model": ["4", 0], "positive_start": ["5", 0], "negative_start": ["5", 1], "positive_end": ["5", 2],
-        "negative_end": ["5", 3], "cfg": 1.0, "mode": "vibid_gi", "forward_weight": 0.5, "execution": "auto",
-        "guidance": "constant", "min_cfg": 1.0}}
-    g["11"] = {"class_type": "SVDInbetweenViBiDSampler", "inputs": {"cfg_pp": True, "dds": True}}
-    g["12"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 42}}
-    g["13"] = {"class_type": "BasicScheduler", "inputs": {"model": ["4", 0], "scheduler": "karras", "steps": 25,
-                                                          "denoise": 1.0}}
-    g["6"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
-        "noise": ["12", 0], "guider": ["10", 0], "sampler": ["11", 0], "sigmas": ["13", 0], "latent_image": ["5", 4]}}
-    g.update(output_nodes(["6", 0]))
-    return g
+    return custom_advanced_graph(1.0, "vibid_gi", {"class_type": "SVDInbetweenViBiDSampler",
+                                                   "inputs": {"cfg_pp": True, "dds": True}}, steps=25)
 
 
 def keyframe_chain():

@@ -46,7 +46,7 @@ def _tiny_non_svd_model():
     mc.unet_config.update(num_head_channels=16, num_heads=-1)
     mc.set_inference_dtype(torch.float32, None)
     model = mc.get_model({}, device=torch.device("cpu"))
-    tiny_models.init_module(model.diffusion_model, 3)
+    tiny_models.init_random(model.diffusion_model, 3)
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
