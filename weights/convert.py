@@ -32,6 +32,10 @@ class Converted:
     metadata: dict[str, str]
 
 
+class BaseCheckpointError(BackwardWeightsError):
+    """The base checkpoint (the model the weights were fine-tuned from) cannot be used."""
+
+
 def base_mismatch(src: LazyTensors, src_scheme: str, base: LazyTensors, base_scheme: str,
                   layers: list[Layer]) -> float | None:
     """Largest relative difference of the untrained to_q between the fine-tune and a candidate base."""
@@ -43,6 +47,56 @@ def base_mismatch(src: LazyTensors, src_scheme: str, base: LazyTensors, base_sch
         d = relative_difference(a, b)
         worst = d if worst is None else max(worst, d)
     return worst
+
+
+def base_warning(src_name: str, base_name: str, mismatch: float | None) -> str | None:
+    """The warning for a base that does not look like the one the weights were fine-tuned from, if any."""
+    if mismatch is None or mismatch <= SAME_BASE_TOLERANCE:
+        return None
+    return (f"{src_name}: its untrained to_q weights differ from {base_name} by {mismatch:.3g} (relative): the base "
+            "does not look like the model these weights were fine-tuned from (for the official release: 14-frame "
+            "SVD, svd.safetensors)")
+
+
+@dataclass
+class Delta:
+    weights: WeightPairs        # layer path -> (W_v' - W_v_base, W_o' - W_o_base), float32
+    metadata: dict[str, str]    # base, base_format, base_to_q_rel_diff
+    warnings: list[str]         # already logged once; callers that cache the delta may repeat them
+
+
+def delta_from_base(src: LazyTensors, scheme: str, layers: list[Layer], weights: WeightPairs, base: str,
+                    option: str = "--base") -> Delta:
+    """W' - W_base for each layer, W_base read (32 tensors) from the checkpoint `base`.
+
+    `option` names the setting that gave the base, for messages (the CLI's --base, a node input).
+    """
+    try:
+        b = LazyTensors(base)
+        if b.metadata.get("format") == FORMAT:
+            raise BackwardWeightsError(f"{b.name}: {option} must be the SVD checkpoint the weights were trained "
+                                       "from (e.g. svd.safetensors), not a backward-weights file")
+        b_scheme, _ = locate_layers(b, layers)
+        base_w = read_layers(b, b_scheme, layers)
+    except BaseCheckpointError:
+        raise
+    except BackwardWeightsError as e:
+        raise BaseCheckpointError(str(e)) from None
+    delta = {p: (wv.float() - base_w[p][0].float(), wo.float() - base_w[p][1].float())
+             for p, (wv, wo) in weights.items()}
+    meta = {"base": os.path.basename(os.path.normpath(base)), "base_format": b_scheme}
+    warnings = []
+    mismatch = base_mismatch(src, scheme, b, b_scheme, layers)
+    if mismatch is not None:
+        meta["base_to_q_rel_diff"] = f"{mismatch:.3g}"
+    other = base_warning(src.name, b.name, mismatch)
+    if other:
+        warnings.append(other)
+    if all(not (dv.any() or do.any()) for dv, do in delta.values()):
+        warnings.append(f"{src.name}: every delta is zero: the base is identical to the fine-tuned weights")
+    for message in warnings:
+        log.warning("%s", message)
+    return Delta(delta, meta, warnings)
 
 
 def convert_weights(source: str, base: str | None = None, fp16: bool = False) -> Converted:
@@ -57,25 +111,9 @@ def convert_weights(source: str, base: str | None = None, fp16: bool = False) ->
             "converter": "svd-inbetween convert"}
     kind = "absolute"
     if base is not None:
-        b = LazyTensors(base)
-        if b.metadata.get("format") == FORMAT:
-            raise BackwardWeightsError(f"{b.name}: --base must be the SVD checkpoint the weights were trained from "
-                                       "(e.g. svd.safetensors), not a backward-weights file")
-        b_scheme, _ = locate_layers(b, layers)
-        base_w = read_layers(b, b_scheme, layers)
-        weights = {p: (wv.float() - base_w[p][0].float(), wo.float() - base_w[p][1].float())
-                   for p, (wv, wo) in weights.items()}
-        kind = "delta"
-        meta.update(base=os.path.basename(os.path.normpath(base)), base_format=b_scheme)
-        mismatch = base_mismatch(src, scheme, b, b_scheme, layers)
-        if mismatch is not None:
-            meta["base_to_q_rel_diff"] = f"{mismatch:.3g}"
-            if mismatch > SAME_BASE_TOLERANCE:
-                log.warning("%s: its untrained to_q weights differ from %s by %.3g (relative): the base does not "
-                            "look like the model these weights were fine-tuned from (for the official release: "
-                            "14-frame SVD, svd.safetensors)", src.name, b.name, mismatch)
-        if all(not (dv.any() or do.any()) for dv, do in weights.values()):
-            log.warning("%s: every delta is zero: the base is identical to the fine-tuned weights", src.name)
+        delta = delta_from_base(src, scheme, layers, weights, base)
+        weights, kind = delta.weights, "delta"
+        meta.update(delta.metadata)
     dtype = torch.float16 if fp16 else torch.float32
     if fp16:
         for path, (wv, wo) in weights.items():
