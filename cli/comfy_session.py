@@ -6,6 +6,7 @@ hosts one session; tests run it in a subprocess.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import sys
@@ -77,6 +78,19 @@ def _use_base_directory(base: str) -> None:
             folder_paths.add_model_folder_path(name, os.path.join(base, "models", name), is_default=True)
 
 
+def new_prompt_executor(execution, server):
+    """A PromptExecutor with the CLASSIC cache and no RAM-pressure eviction, on every host.
+
+    0.3.64 takes no cache arguments; 0.8 reads cache_args["lru"/"ram"] and 0.33 also
+    cache_args["ram_inactive"] (main.py passes 0 for each unless --cache-ram is given).
+    """
+    params = inspect.signature(execution.PromptExecutor.__init__).parameters
+    if "cache_args" in params:
+        return execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
+                                        cache_args={"lru": 0, "ram": 0, "ram_inactive": 0})
+    return execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC)
+
+
 class ComfySession:
     def __init__(self, comfyui: str | None = None, base_directory: str | None = None, cpu: bool = False,
                  extra_custom_nodes: tuple[str, ...] = ()):
@@ -92,7 +106,7 @@ class ComfySession:
         self._execution = execution
         asyncio.run(self._load(nodes, extra_custom_nodes))
         self.server = _Server()
-        self.executor = execution.PromptExecutor(self.server, cache_type=execution.CacheType.CLASSIC)
+        self.executor = new_prompt_executor(execution, self.server)
 
     @staticmethod
     async def _load(nodes, extra):

@@ -1,6 +1,7 @@
 """The dual-direction GUIDER: forward from the start frame, backward from the end frame, fused."""
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 
@@ -20,6 +21,10 @@ from .validation import fail
 from .vibid import ANSWERS_MARK, BACKWARD, DIRECTION_KEY, FORWARD, SEQUENTIAL_MARK, SEQUENTIAL_MODES, DirectionRequest
 
 log = logging.getLogger(__name__)
+
+# model_options key under which ComfyUI 0.33+ (MultiGPU CFG Split) hands calc_cond_batch its
+# per-device model clones; without it calc_cond_batch runs every cond on the main device.
+MULTIGPU_CLONES_KEY = "multigpu_clones"
 
 
 def _flip_chunks(t: torch.Tensor, backward: list[bool], frames: int) -> torch.Tensor:
@@ -79,6 +84,7 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
         self._run: InbetweenRun | None = None
         self._pins: tuple[torch.Tensor, torch.Tensor] | None = None
         self.last_peak_map_bytes = 0
+        self._warned_multigpu = False
 
     def set_conds(self, positive_start, negative_start, positive_end=None, negative_end=None):
         conds = {"positive": positive_start, "negative": negative_start}
@@ -166,6 +172,12 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
         run.active = frozenset(i for i, c in enumerate(conds) if c is not None)
 
         opts = model_options.copy()
+        if opts.pop(MULTIGPU_CLONES_KEY, None) is not None and not self._warned_multigpu:
+            # A multi-GPU split would put a forward chunk and the backward chunk that consumes its
+            # attention maps on different devices and threads; the dual-direction calls stay whole.
+            log.warning("SVD inbetween: MultiGPU CFG Split is ignored for the forward/backward model calls; "
+                        "they run on %s (each needs its partner's attention maps)", x.device)
+            self._warned_multigpu = True
         topts = dict(opts.get("transformer_options", {}))
         topts[RUN_KEY] = run
         opts["transformer_options"] = topts
@@ -218,6 +230,9 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
 setattr(SVDInbetweenGuider, ANSWERS_MARK, True)
 
 
+_INNER_SAMPLE_SIGNATURE = inspect.signature(comfy.samplers.CFGGuider.inner_sample)
+
+
 class SVDInbetweenChainGuider(comfy.samplers.CFGGuider):
     """Segments of one chain latent, denoised in lockstep by their own SVDInbetweenGuiders.
 
@@ -240,9 +255,9 @@ class SVDInbetweenChainGuider(comfy.samplers.CFGGuider):
         import comfy.patcher_extension
         largest = max(stop - start for start, stop in self.windows)
 
-        def load_for_one_segment(executor, model, noise_shape, conds, model_options=None):
+        def load_for_one_segment(executor, model, noise_shape, *args, **kwargs):
             # A UNet call holds one segment, not the chain: reserve memory for that.
-            return executor(model, torch.Size([largest, *noise_shape[1:]]), conds, model_options=model_options)
+            return executor(model, torch.Size([largest, *noise_shape[1:]]), *args, **kwargs)
 
         for g, (start, stop) in zip(self.segments, self.windows):
             g.check_sampler(sampler)
@@ -261,11 +276,13 @@ class SVDInbetweenChainGuider(comfy.samplers.CFGGuider):
                 for attr in ("conds", "inner_model"):
                     g.__dict__.pop(attr, None)
 
-    def inner_sample(self, noise, latent_image, device, sampler, sigmas, denoise_mask, callback, disable_pbar, seed):
-        # CFGGuider.inner_sample, with the conds of each segment processed for its own window
-        # (SVD's extra_conds take the video length from the noise they are given).
-        import comfy.model_patcher
-        import comfy.patcher_extension
+    def inner_sample(self, *args, **kwargs):
+        # The host's CFGGuider.inner_sample processes self.conds against the whole noise; SVD's
+        # extra_conds take the video length from that noise, so each segment's conds are processed
+        # here against its own window first and the host then runs with nothing left to process.
+        bound = _INNER_SAMPLE_SIGNATURE.bind(self, *args, **kwargs).arguments
+        noise, latent_image, device = bound["noise"], bound["latent_image"], bound["device"]
+        denoise_mask, seed = bound["denoise_mask"], bound["seed"]
         if latent_image is not None and torch.count_nonzero(latent_image) > 0:
             latent_image = self.inner_model.process_latent_in(latent_image)
         processed = {}
@@ -276,15 +293,11 @@ class SVDInbetweenChainGuider(comfy.samplers.CFGGuider):
             g.conds = comfy.samplers.process_conds(self.inner_model, noise[start:stop], own, device,
                                                    latent_image[start:stop], mask, seed)
             processed.update({f"{k}/{name}": c for name, c in g.conds.items()})
-        self.conds = processed
-        options = comfy.model_patcher.create_model_options_clone(self.model_options)
-        options.setdefault("transformer_options", {})["sample_sigmas"] = sigmas
-        extra_args = {"model_options": options, "seed": seed}
-        executor = comfy.patcher_extension.WrapperExecutor.new_class_executor(
-            sampler.sample, sampler, comfy.patcher_extension.get_all_wrappers(
-                comfy.patcher_extension.WrappersMP.SAMPLER_SAMPLE, options, is_model_options=True))
-        samples = executor.execute(self, sigmas, extra_args, callback, noise, latent_image, denoise_mask, disable_pbar)
-        return self.inner_model.process_latent_out(samples.to(torch.float32))
+        self.conds = {}
+        try:
+            return super().inner_sample(*args, **kwargs)
+        finally:
+            self.conds = processed
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         from .chain import fuse_windows

@@ -125,3 +125,28 @@ def test_linear_guidance_matches_stock_video_linear_cfg_forward_only(tiny):
     ours = run(tiny, forward_weight=1.0, recurrence=0, cfg=3.0, guidance="linear", min_cfg=1.0)
     assert (ours - ref).abs().max().item() == 0.0
     assert (run(tiny, guidance="linear", cfg=3.0) - run(tiny, cfg=3.0)).abs().max().item() > 1e-4
+
+
+class _UnusableClone:
+    """Stands in for a MultiGPU CFG Split device clone; any use of it fails the test."""
+
+    def __deepcopy__(self, memo):  # model options are copied on the way in; copying is not using
+        return self
+
+    def __getattr__(self, name):
+        raise AssertionError(f"the dual-direction call used a multi-GPU clone ({name})")
+
+
+@pytest.mark.parametrize("execution", ["batched", "sequential"])
+def test_multigpu_split_keeps_forward_and_backward_together(tiny, execution, caplog):
+    """ComfyUI 0.33's MultiGPU CFG Split hands calc_cond_batch per-device clones under
+    model_options["multigpu_clones"]; our dual-direction calls must not be split (a backward
+    chunk needs its forward partner's maps), and the video must be the one a single device gives."""
+    import torch as _torch
+    plain = run(tiny, execution=execution, recurrence=1)
+    m = tiny.model_gi.clone()
+    m.model_options["multigpu_clones"] = {_torch.device("cpu"): _UnusableClone(), "other": _UnusableClone()}
+    with caplog.at_level("WARNING"):
+        split = run(tiny, model=m, execution=execution, recurrence=1)
+    assert (split - plain).abs().max().item() == 0.0
+    assert any("MultiGPU CFG Split is ignored" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,237 @@
+"""Host contract: every ComfyUI name the pack relies on, and what it relies on it for.
+
+A new ComfyUI release fails here first, with the host API and the pack code that uses it
+named, instead of deep inside a sampler. Signature checks ask for the parameters the pack
+passes (new optional parameters are fine); behaviour checks run the tiny SVD model.
+When you make the pack touch a new host name, add it to CONTRACTS.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+
+pytestmark = pytest.mark.host
+
+
+@dataclass(frozen=True)
+class Contract:
+    api: str                 # "module:attr.attr" on the host
+    users: str               # pack code that relies on it
+    params: tuple = ()       # parameter names the pack passes (callables only)
+    attrs: tuple = ()        # attributes the pack reads (classes/modules)
+    check: Callable | None = None  # extra check on the resolved object; returns an error or None
+
+
+def _resolve(api: str):
+    module, _, path = api.partition(":")
+    obj = importlib.import_module(module)
+    for part in filter(None, path.split(".")):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _is_async(fn) -> str | None:
+    return None if inspect.iscoroutinefunction(fn) else "is no longer a coroutine function"
+
+
+def _sets(*names: str) -> Callable:
+    """Instance attributes the pack reads: the class's own code must still assign them."""
+    def check(cls) -> str | None:
+        source = inspect.getsource(cls)
+        missing = [n for n in names if f"self.{n} =" not in source and f"self.{n}: " not in source]
+        return f"no longer sets self.{', self.'.join(missing)}" if missing else None
+    return check
+
+
+IO_TYPES = ("Model", "Image", "Latent", "Conditioning", "ClipVision", "Vae", "Guider", "Sampler", "Int", "Float",
+            "Boolean", "Combo", "String")
+
+CONTRACTS = [
+    # --- sampling: guiders, samplers, model calls
+    Contract("comfy.samplers:CFGGuider", "samplers/guider.py (SVDInbetweenGuider, SVDInbetweenChainGuider)",
+             attrs=("sample", "inner_sample", "outer_sample", "predict_noise", "inner_set_conds", "set_cfg",
+                    "__call__")),
+    Contract("comfy.samplers:CFGGuider.sample", "samplers/guider.py SVDInbetweenGuider.sample / ChainGuider.sample",
+             params=("noise", "latent_image", "sampler", "sigmas", "denoise_mask", "callback", "disable_pbar", "seed")),
+    Contract("comfy.samplers:CFGGuider.inner_sample", "samplers/guider.py SVDInbetweenChainGuider.inner_sample "
+             "(binds its arguments by name, processes each segment's conds, then calls the host's)",
+             params=("noise", "latent_image", "device", "sampler", "sigmas", "denoise_mask", "callback",
+                     "disable_pbar", "seed")),
+    Contract("comfy.samplers:CFGGuider.predict_noise", "samplers/guider.py predict_noise overrides",
+             params=("x", "timestep", "model_options", "seed")),
+    Contract("comfy.samplers:calc_cond_batch", "samplers/guider.py SVDInbetweenGuider._unet (4-cond dual calls)",
+             params=("model", "conds", "x_in", "timestep", "model_options")),
+    Contract("comfy.samplers:cfg_function", "samplers/guider.py SVDInbetweenGuider._guide",
+             params=("model", "cond_pred", "uncond_pred", "cond_scale", "x", "timestep", "model_options", "cond",
+                     "uncond")),
+    Contract("comfy.samplers:process_conds", "samplers/guider.py SVDInbetweenChainGuider.inner_sample",
+             params=("model", "noise", "conds", "device", "latent_image", "denoise_mask", "seed")),
+    Contract("comfy.samplers:KSAMPLER", "samplers/recurrent_euler.py, samplers/vibid.py (SAMPLER outputs)",
+             params=("sampler_function", "extra_options", "inpaint_options")),
+    Contract("comfy.samplers:calculate_sigmas", "samplers/run.py run_guider, bench/reference.py",
+             params=("model_sampling", "scheduler_name", "steps")),
+    Contract("comfy.samplers:SCHEDULER_NAMES", "nodes/inputs.py scheduler combo",
+             check=lambda v: None if "karras" in v else "has no 'karras'"),
+    Contract("comfy.sample:prepare_noise", "samplers/run.py run_guider (KSampler's initial noise)",
+             params=("latent_image", "seed")),
+    Contract("comfy.sample:fix_empty_latent_channels", "samplers/run.py run_guider", params=("model", "latent_image")),
+    Contract("comfy.sampler_helpers:prepare_sampling", "samplers/guider.py ChainGuider PREPARE_SAMPLING wrapper "
+             "(reads noise_shape, passes *args/**kwargs on)", params=("model", "noise_shape", "conds", "model_options")),
+    Contract("comfy.patcher_extension:WrappersMP", "samplers/guider.py (PREPARE_SAMPLING)",
+             attrs=("PREPARE_SAMPLING",)),
+    Contract("comfy.patcher_extension:add_wrapper_with_key", "samplers/guider.py SVDInbetweenChainGuider.sample",
+             params=("wrapper_type", "key", "wrapper", "is_model_options")),
+    Contract("comfy.model_patcher:create_model_options_clone", "samplers/guider.py SVDInbetweenChainGuider.sample",
+             params=("orig_model_options",)),
+    Contract("comfy.model_patcher:ModelPatcher", "attention_patch/layers.py with_proxies, weights/apply.py, "
+             "samplers/validation.py", attrs=("clone", "add_object_patch", "get_model_object", "model_dtype"),
+             check=_sets("object_patches", "model_options", "load_device", "model")),
+    # --- the UNet pieces the proxies stand in for
+    Contract("comfy.ldm.modules.attention:CrossAttention", "attention_patch/proxy.py TemporalAttentionProxy "
+             "(shares to_q/to_k/to_v/to_out and heads, calls the original with transformer_options)",
+             check=lambda c: next((f"no longer sets self.{a}" for a in ("to_q", "to_k", "to_v", "to_out", "heads")
+                                   if f"self.{a}" not in inspect.getsource(c.__init__)), None)),
+    Contract("comfy.ldm.modules.attention:CrossAttention.forward", "attention_patch/proxy.py TemporalAttentionProxy.forward",
+             params=("x", "context", "value", "mask", "transformer_options")),
+    Contract("comfy.ldm.modules.attention:FeedForward", "attention_patch/feedforward.py (wraps `.net`)",
+             check=lambda c: None if "self.net" in inspect.getsource(c.__init__) else "has no `net`"),
+    Contract("comfy.ldm.modules.attention:SpatialVideoTransformer", "weights/train.py (gradient checkpointing)"),
+    Contract("comfy.ldm.modules.attention:attention_pytorch", "bench/fullsize.py (meta-device trace)",
+             params=("q", "k", "v", "heads")),
+    Contract("comfy.ldm.modules.diffusionmodules.openaimodel:VideoResBlock", "weights/train.py (gradient checkpointing)"),
+    Contract("comfy.k_diffusion.sampling:to_d", "samplers/recurrent_euler.py", params=("x", "sigma", "denoised")),
+    Contract("comfy.ldm.modules.diffusionmodules.openaimodel:UNetModel", "attention_patch/layers.py "
+             "(time_stack.0.attn1 module paths), bench/fullsize.py"),
+    Contract("comfy.supported_models:SVD_img2vid", "bench/models.py, tests/tiny_models.py (tiny and meta SVD UNets)",
+             attrs=("unet_config", "get_model", "set_inference_dtype")),
+    Contract("comfy.model_base:SVD_img2vid", "samplers/validation.py check_model, weights/train.py",
+             attrs=("extra_conds", "process_latent_in", "process_latent_out")),
+    Contract("comfy.sd:load_checkpoint_guess_config", "weights/train.py, bench", params=("ckpt_path",)),
+    # --- memory, progress, interrupts
+    Contract("comfy.model_management", "samplers/execution.py (auto), samplers/*, weights/train.py",
+             attrs=("throw_exception_if_processing_interrupted", "get_free_memory", "get_torch_device",
+                    "intermediate_device", "load_models_gpu", "soft_empty_cache", "current_loaded_models")),
+    Contract("comfy.utils", "samplers/run.py (ProgressBar), samplers/guider.py (common_upscale), bench (set_attr)",
+             attrs=("ProgressBar", "common_upscale", "set_attr", "get_attr", "PROGRESS_BAR_ENABLED")),
+    # --- nodes, folders, execution
+    Contract("comfy_api.latest:ComfyExtension", "__init__.py comfy_entrypoint", attrs=("get_node_list",)),
+    Contract("comfy_api.latest:io", "nodes/*.py (V3 schemas)",
+             attrs=("ComfyNode", "Schema", "NodeOutput", *IO_TYPES),
+             check=lambda io: next((f"io.{t} lost Input/Output" for t in IO_TYPES
+                                    if not hasattr(getattr(io, t), "Input")), None)),
+    Contract("comfy_api.latest:io.Schema", "nodes/*.py define_schema",
+             params=("node_id", "display_name", "category", "inputs", "outputs", "description")),
+    Contract("folder_paths", "__init__.py (models/svd_inbetween), nodes/weights.py, cli",
+             attrs=("folder_names_and_paths", "add_model_folder_path", "get_full_path",
+                    "get_filename_list", "set_input_directory", "set_output_directory", "set_temp_directory",
+                    "models_dir")),
+    Contract("nodes", "cli/comfy_session.py (in-process tests, tools/build_workflows.py)",
+             attrs=("init_extra_nodes", "load_custom_node", "NODE_CLASS_MAPPINGS", "MAX_RESOLUTION")),
+    Contract("nodes:init_extra_nodes", "cli/comfy_session.py", params=("init_custom_nodes", "init_api_nodes"),
+             check=_is_async),
+    Contract("nodes:load_custom_node", "cli/comfy_session.py", params=("module_path",), check=_is_async),
+    Contract("execution:PromptExecutor", "cli/comfy_session.py new_prompt_executor",
+             params=("server", "cache_type"), attrs=("execute",),
+             check=_sets("success", "status_messages", "history_result", "caches")),
+    Contract("execution:CacheType", "cli/comfy_session.py new_prompt_executor", attrs=("CLASSIC",)),
+    Contract("execution:validate_prompt", "cli/comfy_session.py ComfySession.run",
+             params=("prompt_id", "prompt"), check=_is_async),
+]
+
+
+def _signature_problem(obj, params) -> str | None:
+    try:
+        sig = inspect.signature(obj)
+    except (TypeError, ValueError):
+        return "has no inspectable signature"
+    names = set(sig.parameters)
+    missing = [p for p in params if p not in names]
+    return f"lost parameter(s) {', '.join(missing)} (has {', '.join(names)})" if missing else None
+
+
+def _version() -> str:
+    try:
+        import comfyui_version
+        return comfyui_version.__version__
+    except ImportError:
+        return "?"
+
+
+@pytest.mark.parametrize("contract", CONTRACTS, ids=[c.api for c in CONTRACTS])
+def test_host_api(contract: Contract):
+    where = f"ComfyUI {_version()}: host API `{contract.api}`"
+    try:
+        obj = _resolve(contract.api)
+    except (ImportError, AttributeError) as e:
+        pytest.fail(f"{where} is gone ({e}). Pack code that relies on it: {contract.users}")
+    problems = []
+    if contract.params:
+        problems.append(_signature_problem(obj, contract.params))
+    problems += [f"lost attribute `{a}`" for a in contract.attrs if not hasattr(obj, a)]
+    if contract.check is not None:
+        problems.append(contract.check(obj))
+    problems = [p for p in problems if p]
+    assert not problems, f"{where} changed: {'; '.join(problems)}. Pack code that relies on it: {contract.users}"
+
+
+# --- behaviour the pack relies on, checked on the tiny SVD model ------------------------------------------
+
+def test_model_function_wrapper_and_transformer_options_keys(tiny):
+    """calc_cond_batch hands model_function_wrapper {input, timestep, c, cond_or_uncond} and
+    the temporal attn1 modules receive transformer_options["cond_or_uncond"].
+    Used by samplers/guider.py direction_wrapper and attention_patch/proxy.py."""
+    import comfy.model_management
+    import comfy.samplers
+    import torch
+    from svd_inbetween.attention_patch.layers import PREFIX, temporal_attn1_paths
+
+    m = tiny.model.clone()
+    seen_args, seen_topts = [], []
+    path = temporal_attn1_paths(m)[0]
+    original = m.get_model_object(PREFIX + path)
+
+    class Spy(torch.nn.Module):
+        def forward(self, x, *args, **kwargs):
+            seen_topts.append(kwargs.get("transformer_options", {}))
+            return original(x, *args, **kwargs)
+
+    m.add_object_patch(PREFIX + path, Spy())
+
+    def wrapper(apply_model, args):
+        seen_args.append(args)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    m.model_options["model_function_wrapper"] = wrapper
+    comfy.model_management.load_models_gpu([m])
+    positive, negative, *_, latent = tiny.conds
+    guider = comfy.samplers.CFGGuider(m)
+    guider.set_conds(positive, negative)
+    guider.set_cfg(2.0)
+    x = torch.randn_like(latent["samples"])
+    sigmas = torch.tensor([1.0, 0.0])
+    guider.sample(x, latent["samples"], comfy.samplers.sampler_object("euler"), sigmas, seed=0)
+    api = "ComfyUI model_function_wrapper / transformer_options"
+    assert seen_args, f"{api}: model_function_wrapper was never called (samplers/guider.py direction_wrapper)"
+    missing = {"input", "timestep", "c", "cond_or_uncond"} - set(seen_args[0])
+    assert not missing, f"{api}: wrapper args lost {missing} (samplers/guider.py direction_wrapper)"
+    assert seen_topts and "cond_or_uncond" in seen_topts[0], \
+        f"{api}: temporal attn1 no longer sees transformer_options['cond_or_uncond'] (attention_patch/proxy.py)"
+
+
+def test_multigpu_clones_key_when_host_has_multigpu():
+    """0.33+ routes calc_cond_batch to its multi-GPU split on model_options["multigpu_clones"];
+    samplers/guider.py drops that key for its dual-direction calls (partners stay together)."""
+    import comfy.samplers
+    from svd_inbetween.samplers.guider import MULTIGPU_CLONES_KEY
+    if importlib.util.find_spec("comfy.multigpu") is None:
+        assert not hasattr(comfy.samplers, "_calc_cond_batch_multigpu")
+        return
+    source = inspect.getsource(comfy.samplers.calc_cond_batch)
+    assert repr(MULTIGPU_CLONES_KEY) in source or f'"{MULTIGPU_CLONES_KEY}"' in source, \
+        (f"ComfyUI {_version()}: calc_cond_batch no longer dispatches multi-GPU on model_options"
+         f"[{MULTIGPU_CLONES_KEY!r}]; samplers/guider.py SVDInbetweenGuider._unet must learn the new way to keep "
+         "forward and backward chunks together")
