@@ -230,8 +230,8 @@ def test_multigpu_clones_key_when_host_has_multigpu():
     if importlib.util.find_spec("comfy.multigpu") is None:
         assert not hasattr(comfy.samplers, "_calc_cond_batch_multigpu")
         return
-    source = inspect.getsource(comfy.samplers.calc_cond_batch)
-    assert repr(MULTIGPU_CLONES_KEY) in source or f'"{MULTIGPU_CLONES_KEY}"' in source, \
+    source = inspect.getsource(comfy.samplers)  # calc_cond_batch -> _calc_cond_batch_outer on 0.33
+    assert f"'{MULTIGPU_CLONES_KEY}' in model_options" in source, \
         (f"ComfyUI {_version()}: calc_cond_batch no longer dispatches multi-GPU on model_options"
          f"[{MULTIGPU_CLONES_KEY!r}]; samplers/guider.py SVDInbetweenGuider._unet must learn the new way to keep "
          "forward and backward chunks together")
