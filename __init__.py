@@ -5,7 +5,10 @@ the `svd-inbetween` command) pulls in no ComfyUI module.
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
+
+# Node help pages: the frontend shows web/docs/<NodeId>.md (served at /extensions/<pack folder>/docs/).
+WEB_DIRECTORY = "./web"
 
 
 def register_model_folder() -> None:
