@@ -18,14 +18,13 @@ MODES = (*FUSED_MODES, "vibid", "vibid_gi")
 # Modes whose backward pass uses the fine-tuned W_v'/W_o'.
 BACKWARD_WEIGHT_MODES = ("gi", "vibid_gi")
 MODE_HELP = {
-    "gi": "paper: rotated forward maps in all 16 temporal attn1 layers + fine-tuned W_v'/W_o'",
-    "gi_no_finetune": "paper ablation 'w/o FT': rotated maps in the up (output) blocks only, stock weights",
-    "trf": "baseline: plain fusion of forward and time-reversed passes, no rotation",
-    "vibid": "fast, training-free (ViBiDSampler): per step a forward denoise from the start frame, re-noise, "
-             "a backward denoise of the flipped video from the end frame; 2 UNet calls per step, no recurrence "
-             "or fusion weight (try 25 steps, cfg 1.0)",
-    "vibid_gi": "vibid's schedule, backward denoise with this pack's backward-motion model (rotated maps "
-                "+ W_v'/W_o', needs backward weights)",
+    "gi": "the paper's method: the most coherent motion, slowest; needs the backward weights",
+    "gi_no_finetune": "the paper without its fine-tuned weights: weaker backward motion; needs no extra file",
+    "trf": "baseline: forward and time-reversed SVD averaged; needs no extra file, can blend two motions",
+    "vibid": "fast preview (ViBiDSampler, about 7x less work than gi); needs no extra file; "
+             "use about 25 steps and cfg 1.0",
+    "vibid_gi": "vibid's speed with the backward-motion model; needs the backward weights; "
+                "use about 25 steps and cfg 1.0",
 }
 
 

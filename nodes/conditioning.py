@@ -21,14 +21,15 @@ class SVDInbetweenConditioning(io.ComfyNode):
             inputs=[
                 io.ClipVision.Input("clip_vision", tooltip="The SVD checkpoint's CLIP vision model."),
                 io.Vae.Input("vae", tooltip="The SVD checkpoint's VAE."),
-                io.Image.Input("start_image", tooltip="First frame of the video."),
-                io.Image.Input("end_image", tooltip="Last frame of the video."),
+                io.Image.Input("start_image", tooltip="The first frame of the video (one image, any size)."),
+                io.Image.Input("end_image", tooltip="The last frame of the video (one image, any size)."),
                 *size_inputs(),
                 io.Int.Input("video_frames", default=25, min=3, max=4096,
-                             tooltip="Frames in the video, keyframes included (25 for SVD-XT, 14 for SVD)."),
+                             tooltip="Frames in the video, keyframes included: 25 for SVD-XT, 14 for SVD. More frames give "
+                                     "slower motion and take longer."),
                 *keyframe_encoding_inputs(),
                 io.Int.Input("noise_seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                             tooltip="Seed of the augmentation noise (one noise shared by both keyframes)."),
+                             tooltip="Seed of the keyframe noise (augmentation_level); change it for another variant."),
             ],
             outputs=[
                 io.Conditioning.Output("positive_start", tooltip="Forward pass, conditioned on the start frame."),

@@ -11,15 +11,17 @@ from ..samplers.execution import EXECUTIONS
 from ..samplers.guidance import GUIDANCE
 from ..samplers.keyframes import RESIZE_MODES
 
-MODE_TOOLTIP = "; ".join(f"{k}: {v}" for k, v in MODE_HELP.items())
+MODE_TOOLTIP = "; ".join(f"{k}: {v}" for k, v in MODE_HELP.items()) + ". The node's help page compares them."
 
 
 def size_inputs():
     return [
         io.Int.Input("width", default=1024, min=64, max=comfy_nodes.MAX_RESOLUTION, step=8,
-                     tooltip="Video width in pixels (multiple of 8)."),
+                     tooltip="Video width in pixels (multiple of 8). SVD-XT knows 1024x576 best; smaller is faster and "
+                             "needs less memory."),
         io.Int.Input("height", default=576, min=64, max=comfy_nodes.MAX_RESOLUTION, step=8,
-                     tooltip="Video height in pixels (multiple of 8)."),
+                     tooltip="Video height in pixels (multiple of 8). SVD-XT knows 1024x576 best; smaller is faster and "
+                             "needs less memory."),
     ]
 
 
@@ -27,14 +29,15 @@ def keyframe_encoding_inputs():
     """SVD's conditioning settings and how the keyframes are fitted to the video size."""
     return [
         io.Int.Input("motion_bucket_id", default=127, min=1, max=1023,
-                     tooltip="SVD motion strength id; higher moves more."),
-        io.Int.Input("fps", default=7, min=1, max=1024, tooltip="Frame-rate id given to SVD."),
+                     tooltip="How much things move: higher gives more motion, lower calmer in-betweens (SVD's default 127)."),
+        io.Int.Input("fps", default=7, min=1, max=1024, tooltip="The frame rate SVD is told it makes (default 7): changes the motion per frame, not the saved "
+                             "file's frame rate."),
         io.Float.Input("augmentation_level", default=0.02, min=0.0, max=10.0, step=0.01,
-                       tooltip="Noise added to the keyframes before VAE encoding, in SVD's [-1, 1] "
-                               "pixel space (ComfyUI's stock node uses [0, 1], i.e. twice as strong)."),
+                       tooltip="A little noise on the keyframes: more lets the video drift further from them, 0 keeps it "
+                               "closest (paper: 0.02; half as strong as the same number in ComfyUI's stock SVD node)."),
         io.Combo.Input("resize", options=list(RESIZE_MODES), default="crop",
-                       tooltip="crop: fill the frame, centre-crop (keeps aspect); stretch: distort to "
-                               "fit (the research code); pad: fit inside, grey borders."),
+                       tooltip="How keyframes of another shape fit the video: crop fills it and cuts the edges, stretch "
+                               "squeezes the image, pad keeps all of it with grey borders."),
     ]
 
 
@@ -42,20 +45,21 @@ def guidance_inputs() -> dict[str, io.Input]:
     """cfg, mode, forward_weight, execution, guidance, min_cfg by id (nodes order them differently)."""
     inputs = [
         io.Float.Input("cfg", default=2.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                       tooltip="Guidance scale of each direction. The paper's 1..3 per-frame ramp averaged "
-                               "with its flip is a constant 2.0."),
+                       tooltip="How strongly the video follows the keyframes: 2.0 for the gi modes (the paper), about 1.0 "
+                               "for vibid. Too high gives harsh, jittery frames."),
         io.Combo.Input("mode", options=list(MODES), default="gi", tooltip=MODE_TOOLTIP),
         io.Float.Input("forward_weight", default=0.5, min=0.0, max=1.0, step=0.05,
-                       tooltip="Weight of the forward prediction in the fusion; 1.0 = plain SVD from the start frame. "
-                               "Not used by the vibid modes."),
+                       tooltip="Balance between following the start frame and the end frame: 0.5 = both equally, 1.0 = "
+                               "plain SVD from the start frame. Not used by the vibid modes."),
         io.Combo.Input("execution", options=list(EXECUTIONS), default="auto",
-                       tooltip="batched: one UNet call per step for both directions, no stored maps (fast); "
-                               "sequential: two calls, maps held in between (less memory); auto: batched if it fits."),
+                       tooltip="Same video, different speed and memory: batched is fastest and needs the most memory, "
+                               "sequential needs less and is slower, auto picks batched when it fits. Out of memory? "
+                               "Use sequential."),
         io.Combo.Input("guidance", options=list(GUIDANCE), default="constant", optional=True,
-                       tooltip="constant: cfg on every frame; linear: per-frame ramp min_cfg -> cfg away from "
-                               "each direction's keyframe (SVD's VideoLinearCFGGuidance, per direction)."),
+                       tooltip="constant: the same cfg on every frame (the paper). linear: weaker guidance near each "
+                               "keyframe, rising to cfg (SVD's usual video guidance)."),
         io.Float.Input("min_cfg", default=1.0, min=0.0, max=100.0, step=0.1, optional=True,
-                       tooltip="Guidance at each direction's keyframe when guidance is linear."),
+                       tooltip="Guidance right at the keyframes when guidance is linear."),
     ]
     return {i.id: i for i in inputs}
 
@@ -63,13 +67,14 @@ def guidance_inputs() -> dict[str, io.Input]:
 def recurrence_inputs():
     return [
         io.Int.Input("recurrence", default=5, min=0, max=100,
-                     tooltip="Extra passes per early step after re-noising (paper: 5). 0 = plain Euler. "
-                             "Not used by the vibid modes."),
+                     tooltip="Extra passes on the early steps: smoother, more coherent motion; each pass costs about one "
+                             "step (paper: 5; 0 = fastest). Not used by the vibid modes."),
         io.Float.Input("recurrence_ratio", default=0.5, min=0.0, max=1.0, step=0.05,
-                       tooltip="Fraction of the steps, from the start, that get the extra passes (paper: 0.5)."),
+                       tooltip="Share of the steps, from the start, that get the extra passes (paper: 0.5): more is more "
+                               "coherent and slower."),
     ]
 
 
 def scheduler_input():
     return io.Combo.Input("scheduler", options=list(comfy.samplers.SCHEDULER_NAMES), default="karras",
-                          optional=True, tooltip="Sigma schedule; SVD uses karras.")
+                          optional=True, tooltip="Noise schedule; SVD uses karras. Leave it unless you experiment.")

@@ -25,17 +25,18 @@ class SVDInbetweenSampler(io.ComfyNode):
             node_id="SVDInbetweenSampler",
             display_name="SVD Inbetween Sampler",
             category=CATEGORY,
-            description="Generative Inbetweening: SVD runs forward from the start frame and backward from the end "
-                        "frame; the predictions are fused every step (Euler, with recurrence). The vibid modes "
-                        "instead alternate a forward and a backward denoise each step (ViBiDSampler, CFG++ and "
-                        "endpoint consistency on; ~25 steps, cfg 1.0).",
+            description="Makes the video between a start and an end frame: SVD runs forward from the start frame "
+                        "and backward from the end frame, and the two are merged at every step. Mode gi (the "
+                        "paper) gives the best motion and needs the backward weights; vibid is a fast preview "
+                        "that needs none. Decode the output with VAE Decode.",
             inputs=[
-                io.Model.Input("model", tooltip="SVD model; for mode gi, from SVDInbetweenLoadBackwardWeights."),
+                io.Model.Input("model", tooltip="The SVD model (SVD-XT); for modes gi and vibid_gi, through SVD Inbetween Load "
+                                                "Backward Weights."),
                 *_conds_inputs(),
                 io.Latent.Input("latent_image", tooltip="Video latent from SVDInbetweenConditioning."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
-                             tooltip="Seed of the initial and the recurrence noise."),
-                io.Int.Input("steps", default=50, min=1, max=10000, tooltip="Euler steps (paper: 50)."),
+                             tooltip="Same seed, same video; change it for another variant."),
+                io.Int.Input("steps", default=50, min=1, max=10000, tooltip="Sampling steps: 50 for the gi modes (paper), about 25 for vibid. Fewer is faster and blurrier."),
                 g["cfg"], g["mode"], *recurrence_inputs(), g["forward_weight"], g["execution"],
                 scheduler_input(), g["guidance"], g["min_cfg"],
             ],
@@ -63,9 +64,10 @@ class SVDInbetweenGuider(io.ComfyNode):
             node_id="SVDInbetweenGuider",
             display_name="SVD Inbetween Guider",
             category=CATEGORY,
-            description="The dual-direction guider as a GUIDER for SamplerCustomAdvanced (modes vibid and "
-                        "vibid_gi need SVDInbetweenViBiDSampler as SAMPLER).",
-            inputs=[io.Model.Input("model", tooltip="SVD model; for mode gi, from SVDInbetweenLoadBackwardWeights."),
+            description="The SVD Inbetween method as a GUIDER for SamplerCustomAdvanced, to pick noise, sigmas and "
+                        "sampler yourself (modes vibid and vibid_gi need SVD Inbetween ViBiD Sampler as SAMPLER).",
+            inputs=[io.Model.Input("model", tooltip="The SVD model (SVD-XT); for modes gi and vibid_gi, through SVD "
+                                                    "Inbetween Load Backward Weights."),
                     *_conds_inputs(), *guidance_inputs().values()],
             outputs=[io.Guider.Output("guider", tooltip="Use with SamplerCustomAdvanced and SVDInbetweenRecurrentEuler.")],
         )
@@ -84,7 +86,8 @@ class SVDInbetweenRecurrentEuler(io.ComfyNode):
             node_id="SVDInbetweenRecurrentEuler",
             display_name="SVD Inbetween Recurrent Euler",
             category=CATEGORY,
-            description="Euler sampler with the paper's recurrence (noise re-injection) as a SAMPLER.",
+            description="The paper's sampler for SamplerCustomAdvanced: Euler steps, the early ones repeated for "
+                        "more coherent motion. Use it with SVD Inbetween Guider.",
             inputs=recurrence_inputs(),
             outputs=[io.Sampler.Output("sampler", tooltip="Use with SamplerCustomAdvanced.")],
         )
@@ -101,17 +104,16 @@ class SVDInbetweenViBiDSampler(io.ComfyNode):
             node_id="SVDInbetweenViBiDSampler",
             display_name="SVD Inbetween ViBiD Sampler",
             category=CATEGORY,
-            description="ViBiDSampler's sequential bidirectional steps as a SAMPLER: per step a forward denoise "
-                        "from the start frame, re-noise, a backward denoise from the end frame. Use with "
-                        "SVDInbetweenGuider (mode vibid, or vibid_gi for the backward-motion model) in "
-                        "SamplerCustomAdvanced.",
+            description="Fast in-betweening (ViBiDSampler) for SamplerCustomAdvanced: each step goes forward from "
+                        "the start frame, then backward from the end frame. Use with SVD Inbetween Guider in mode "
+                        "vibid (no extra weights) or vibid_gi; about 25 steps, cfg 1.0.",
             inputs=[
                 io.Boolean.Input("cfg_pp", default=True,
-                                 tooltip="CFG++: step along the unconditional prediction (the authors' choice; "
-                                         "use cfg around 1). Off: plain Euler along the guided prediction."),
+                                 tooltip="On (recommended, with cfg about 1): steadier colours at low guidance, as the ViBiD "
+                                         "authors use it. Off: plain Euler steps; then use a higher cfg."),
                 io.Boolean.Input("dds", default=True,
-                                 tooltip="Endpoint consistency: each half-step pins the far keyframe's frame of "
-                                         "the prediction to that keyframe's latent."),
+                                 tooltip="On (recommended): holds the video's first and last frames on the keyframes. Turn it off "
+                                         "only to compare."),
             ],
             outputs=[io.Sampler.Output("sampler", tooltip="Use with SamplerCustomAdvanced and SVDInbetweenGuider.")],
         )
