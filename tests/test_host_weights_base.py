@@ -219,6 +219,22 @@ def test_saved_transplant_is_used_after_a_restart_and_loads_as_a_file(tiny, xt, 
     assert reads.count(RELEASE) == 48
 
 
+def test_switching_save_on_after_a_cached_run_writes_the_file(tiny, xt, folders, monkeypatch):
+    ours, _ = folders
+    setup_release(tiny, folders)
+    node(xt, RELEASE_FILE, 1.0, base_checkpoint="svd.safetensors")
+    saved = ours / f"{RELEASE}_delta_svd.safetensors"
+    assert not saved.exists()
+    reads = Reads(monkeypatch)
+    held_then = held(node(xt, RELEASE_FILE, 1.0, base_checkpoint="svd.safetensors", save_transplant=True))
+    assert saved.exists() and reads.keys == {}  # written from memory, nothing re-read
+    mtime = saved.stat().st_mtime_ns
+    node(xt, RELEASE_FILE, 1.0, base_checkpoint="svd.safetensors", save_transplant=True)
+    assert saved.stat().st_mtime_ns == mtime  # already current: not written again
+    picked = held(node(xt, saved.name, 1.0))
+    assert all(torch.equal(a, b) for p in picked for a, b in zip(picked[p], held_then[p]))
+
+
 def test_saving_never_overwrites_a_file_the_node_did_not_write(tiny, xt, folders, caplog):
     from svd_inbetween.weights.format import save_backward_weights
     ours, _ = folders

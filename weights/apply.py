@@ -7,7 +7,7 @@ import os
 import torch
 
 from ..attention_patch.layers import original_module, temporal_attn1_paths, with_proxies
-from .cache import MEMORY, Loaded, file_identity, read_saved, save_delta
+from .cache import MEMORY, Loaded, file_identity, read_saved, save_delta, saved_is_current
 from .convert import SAME_BASE_TOLERANCE, BaseCheckpointError, delta_from_base
 from .format import FORMAT, BackwardWeightsError, key_out, key_v, read_backward_weights, resolve
 from .keymap import SUFFIXES, Layer, file_key, layers_from_comfy_config
@@ -99,8 +99,8 @@ def read_cached(file: str, layers: list[Layer], base: str | None = None, saved: 
             log.warning("%s", message)
     else:
         hit = read_file(src, layers, base, option)
-        if save and base is not None and saved:
-            save_delta(saved, hit, sources, base)
+    if save and base is not None and saved and not saved_is_current(saved, sources, base):
+        save_delta(saved, hit, sources, base)
     MEMORY.put(key, hit)
     return hit
 
@@ -112,7 +112,7 @@ def read_any(file: str, layers: list[Layer], model_patcher=None, base: str | Non
     With `model_patcher` and no base, a warning says when a full UNet was fine-tuned from another model.
     """
     loaded = read_cached(file, layers, base)
-    if model_patcher is not None and base is None and loaded.meta.get("source_format"):
+    if model_patcher is not None and base is None and loaded.meta.get("format") != FORMAT:
         _warn_if_other_base(model_patcher, LazyTensors(file), loaded.meta["source_format"], layers)
     return loaded.tensors, loaded.meta, loaded.origin
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .format import (PREFIX, BackwardWeightsError, key_out, key_v, read_backward_weights, save_backward_weights,
-                     write_atomically)
+from .format import (PREFIX, BackwardWeightsError, check_safetensors, key_out, key_v, read_backward_weights,
+                     save_backward_weights, write_atomically)
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +94,26 @@ def delta_file_name(weights_name: str, base_name: str) -> str:
     return f"{stem}_delta_{base}.safetensors"
 
 
+def saved_is_current(path: str, source: list[str] | str, base: str) -> bool:
+    """Whether `path` is a delta this node saved from these unchanged files (its header only is read)."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        meta = check_safetensors(path).get("__metadata__") or {}
+    except BackwardWeightsError:
+        return False
+    return (meta.get("writer") == WRITER and meta.get("kind") == "delta"
+            and meta.get("source_provenance") == provenance(source) and meta.get("base_provenance") == provenance(base))
+
+
 def read_saved(path: str, source: list[str] | str, base: str) -> Loaded | None:
     """The saved delta at `path` if it was made by this node from these unchanged files, else None."""
-    if not os.path.isfile(path):
+    if not saved_is_current(path, source, base):
         return None
     try:
         tensors, meta = read_backward_weights(path)
     except BackwardWeightsError as e:
         log.warning("%s: not used as the saved transplant (%s)", os.path.basename(path), e)
-        return None
-    if (meta.get("writer") != WRITER or meta.get("kind") != "delta"
-            or meta.get("source_provenance") != provenance(source) or meta.get("base_provenance") != provenance(base)):
         return None
     warnings = tuple(w for w in meta.get("warnings", "").split("\n") if w)
     return Loaded(tensors, meta, {}, warnings)
