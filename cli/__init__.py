@@ -7,14 +7,14 @@ import importlib
 import logging
 import sys
 
-SUBCOMMANDS = ("run", "convert", "train", "bench", "eval")
+SUBCOMMANDS = ("run", "serve-check", "convert", "train", "bench", "eval")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="svd-inbetween", description="Generative Inbetweening with SVD in ComfyUI.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in SUBCOMMANDS:
-        importlib.import_module(f"{__package__}.{name}").add_parser(sub)
+        importlib.import_module(f"{__package__}.{name.replace('-', '_')}").add_parser(sub)
     return parser
 
 

@@ -3,13 +3,11 @@ paper does (Sec. 5.1-5.2): FID over frames, FVD over clips, plus LPIPS, PSNR, SS
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import tempfile
 
 from ..attention_patch.layers import FUSED_MODES
-from .run import add_generation_args
+from .run import add_generation_args, add_server_args
 
 log = logging.getLogger(__name__)
 METRICS = ("psnr", "ssim", "lpips", "fid", "fvd")
@@ -47,8 +45,7 @@ def add_parser(sub) -> None:
     m.add_argument("--lpips-net", default="alex", choices=("alex", "vgg"))
     m.add_argument("--lpips-weights", help="torchvision alexnet-owt-7be5be79.pth / vgg16-397923af.pth")
     m.add_argument("--metrics-device", help="device for the metric networks (default: cuda if available)")
-    p.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH or ~/ComfyUI)")
-    p.add_argument("--cpu", action="store_true", help="run ComfyUI (and the metrics) on the CPU")
+    add_server_args(p)
     p.set_defaults(func=main)
 
 
@@ -81,8 +78,6 @@ def variants(args):
         out = [parse_variant(s, VARIANT_KEYS, MODES) for s in specs]
     except ValueError as e:
         raise SystemExit(f"svd-inbetween {e}") from None
-    if any(v.mode == "gi" for v in out) and not args.backward:
-        raise SystemExit("svd-inbetween eval: mode gi needs --backward WEIGHTS (or evaluate gi_no_finetune / trf)")
     if len({v.label for v in out}) != len(out):
         raise SystemExit("svd-inbetween eval: the same --mode is given twice")
     return out
@@ -99,37 +94,100 @@ def pairs(args):
         raise SystemExit(f"svd-inbetween {e}") from None
 
 
-def decode_node_id() -> str:
-    from .run import WORKFLOW
-    with open(WORKFLOW) as f:
-        return next(nid for nid, node in json.load(f).items() if node["class_type"] == "VAEDecode")
+def frames_source(prompt: dict) -> list:
+    """The link to the decoded frames: what feeds CreateVideo, else VAEDecode's, else the chain's IMAGE."""
+    for node in prompt.values():
+        if node["class_type"] == "CreateVideo" and isinstance(node["inputs"].get("images"), list):
+            return node["inputs"]["images"]
+    for nid, node in prompt.items():
+        if node["class_type"] in ("VAEDecode", "SVDInbetweenChain"):
+            return [nid, 0]
+    raise SystemExit("svd-inbetween eval: the workflow has no CreateVideo, VAEDecode or SVDInbetweenChain node "
+                     "whose frames could be scored")
 
 
-def comfy_generator(session, args, workdir: str, transform=None):
-    """Runs `svd-inbetween run`'s prompt for one pair and returns the decoded frames (not re-read from the mp4)."""
+def client_generator(args, manifest, frames_dir: str):
+    """(prepare, generate) for the evaluation harness: `prepare` queues every clip still to score on the
+    servers at once (one job per pair and variant, like `svd-inbetween run`); `generate` returns one clip's
+    frames, read from the PNGs an added SaveImage node wrote (lossless, unlike the mp4)."""
+    import numpy as np
     from PIL import Image
 
+    from .dispatch import summary
     from .run import Pair as RunPair
-    from .run import run_pairs
-    decode = decode_node_id()
-    keydir = os.path.join(workdir, "keys")
-    os.makedirs(keydir, exist_ok=True)
+    from .run import build_jobs, build_prompt, dispatch, exit_code
+    from .workflow import WorkflowError, seed_of, settings_of
+    done: dict = {}
 
-    def generate(pair, variant, keys):
+    def prompt_for(variant):
         run_args = argparse.Namespace(**vars(args))
         run_args.mode = variant.mode
         for k, v in variant.settings:
             setattr(run_args, k, v)
-        paths = []
-        for tag, frame in zip(("start", "end"), keys):
-            paths.append(os.path.join(keydir, f"{pair.slug}_{tag}.png"))
-            Image.fromarray(frame).save(paths[-1])
-        video = os.path.join(args.output, "videos", variant.slug, pair.slug + ".mp4")
-        run_pairs(session, run_args, [RunPair(paths[0], paths[1], video)], workdir, transform)
-        images = session.node_output(decode)[0][0]
-        settings = ";".join(f"{k}={getattr(run_args, k)}" for k in RECORDED)
-        return images, {"seed": run_args.seed, "settings": settings}
-    return generate
+        try:
+            prompt, nodes, model_dirs = build_prompt(run_args)
+        except WorkflowError as e:
+            raise SystemExit(f"svd-inbetween eval: {variant.label}: {e}") from None
+        prompt["svd_inbetween_eval_frames"] = {"class_type": "SaveImage", "inputs": {
+            "images": frames_source(prompt), "filename_prefix": "svd_inbetween_eval/frames"}}
+        return prompt, nodes, model_dirs
+
+    def prepare(todo) -> None:
+        keydir = os.path.join(args.output, "keyframes")
+        os.makedirs(keydir, exist_ok=True)
+        jobs, model_dirs, nodes = [], {}, ()
+        for variant in dict.fromkeys(v for _, v, _ in todo):
+            prompt, nodes, dirs = prompt_for(variant)
+            model_dirs.update(dirs)
+            pairs = []
+            for pair, v, keys in todo:
+                if v != variant:
+                    continue
+                paths = [os.path.join(keydir, f"{pair.slug}_{tag}.png") for tag in ("start", "end")]
+                for path, frame in zip(paths, keys):
+                    Image.fromarray(frame).save(path)
+                pairs.append(RunPair(*paths, os.path.join(args.output, "videos", variant.slug, pair.slug + ".mp4")))
+                done[(pair.id, variant.label)] = len(jobs) + len(pairs) - 1
+            batch = build_jobs(pairs, prompt, nodes, manifest)
+            for job in batch:
+                job.extras_dir = os.path.join(frames_dir, variant.slug, os.path.splitext(os.path.basename(job.output))[0])
+                job.meta["settings"] = ";".join(f"{k}={v}" for k, v in settings_of(job.prompt, RECORDED).items())
+            jobs += batch
+        if not jobs:
+            return
+        dispatcher = dispatch(args, jobs, manifest, model_dirs, nodes)
+        print(summary(dispatcher, jobs))
+        if exit_code(jobs):
+            raise SystemExit(exit_code(jobs))
+        done["jobs"] = jobs
+
+    def generate(pair, variant, keys):
+        job = done["jobs"][done[(pair.id, variant.label)]]
+        rec = manifest.last[job.key]
+        pngs = sorted(os.path.join(manifest.folder, f) for f in rec["files"] if f.lower().endswith(".png"))
+        frames = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in pngs])
+        for p in pngs:
+            os.remove(p)  # scored clips need no frames; the manifest then regenerates them if asked again
+        if pngs and not os.listdir(os.path.dirname(pngs[0])):
+            os.rmdir(os.path.dirname(pngs[0]))
+        import torch
+        return torch.from_numpy(frames).float() / 255, {"seed": seed_of(job.prompt), "settings": job.meta["settings"]}
+    return prepare, generate
+
+
+def workflow_frames(args) -> int:
+    """Frames per generated clip: --frames, else the workflow's."""
+    from .run import build_prompt
+    from .workflow import WorkflowError, settings_of
+    if args.frames:
+        return args.frames
+    try:
+        frames = settings_of(build_prompt(argparse.Namespace(**{**vars(args), "mode": None}))[0], ("frames",))
+    except WorkflowError as e:
+        raise SystemExit(f"svd-inbetween eval: {e}") from None
+    if "frames" not in frames:
+        raise SystemExit("svd-inbetween eval: pass --frames (the workflow has no frame count this tool knows)")
+    return int(str(frames["frames"]).split(",")[0])
 
 
 def fit_like_conditioning(args):
@@ -145,23 +203,19 @@ def fit_like_conditioning(args):
     return fit
 
 
-def evaluate(args, session=None, transform=None, scorers=None) -> list[dict]:
-    """The whole command; tests pass a session, a prompt transform (tiny models) and tiny extractors."""
+def evaluate(args, scorers=None) -> list[dict]:
+    """The whole command; tests pass tiny stand-in extractors as `scorers`."""
     from ..evaluation.harness import Evaluation
+    from .manifest import Manifest
+    args.frames = workflow_frames(args)
     todo_variants, todo_pairs = variants(args), pairs(args)
-    if not os.path.isfile(args.checkpoint):
-        raise SystemExit(f"svd-inbetween eval: checkpoint not found: {args.checkpoint}")
-    if args.backward and not os.path.isfile(args.backward):
-        raise SystemExit(f"svd-inbetween eval: backward weights not found: {args.backward}")
     scorers = scorers if scorers is not None else build_scorers(args)  # loads the metric networks
-    if session is None:
-        from .comfy_session import ComfySession
-        session = ComfySession(comfyui=args.comfyui, cpu=args.cpu)
     os.makedirs(args.output, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="svd-inbetween-eval-") as workdir:
-        run = Evaluation(todo_pairs, todo_variants, comfy_generator(session, args, workdir, transform), scorers,
-                         args.output, args.frames, fit_like_conditioning(args))
-        summary = run.run()
+    manifest = Manifest(args.output)
+    prepare, generate = client_generator(args, manifest, os.path.join(args.output, "frames"))
+    run = Evaluation(todo_pairs, todo_variants, generate, scorers, args.output, args.frames,
+                     fit_like_conditioning(args), prepare=prepare)
+    summary = run.run()
     if run.skipped:
         log.info("eval: resumed, %d clip(s) already scored in %s", len(run.skipped), args.output)
     return summary

@@ -1,23 +1,25 @@
-"""`svd-inbetween run`: the shipped full workflow, headless, inside ComfyUI in this process."""
+"""`svd-inbetween run`: a client of ComfyUI's HTTP/websocket API. Keyframe pairs become prompts of an
+API-format workflow (default: the shipped full workflow) spread over one or more servers; with no
+--server, a private server is started for the run and stopped at the end (the same code path)."""
 from __future__ import annotations
 
 import argparse
 import csv
-import json
+import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-
-from tqdm.auto import tqdm
 
 from ..attention_patch.layers import BACKWARD_WEIGHT_MODES, MODE_HELP, MODES
 from ..evaluation.data import IMAGE_EXTS
 from ..samplers.execution import EXECUTIONS
 from ..samplers.keyframes import RESIZE_MODES
 
+log = logging.getLogger(__name__)
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(PACK_DIR, "workflows", "api", "svd_inbetween_full.json")
+GENERATION_FLAGS = ("width", "height", "frames", "steps", "seed", "cfg", "mode", "recurrence", "recurrence_ratio",
+                    "forward_weight", "execution", "motion_bucket_id", "fps", "resize")
+MODEL_FOLDERS = {"checkpoint": "checkpoints", "backward": "svd_inbetween"}
 
 
 @dataclass
@@ -28,45 +30,85 @@ class Pair:
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("run", help="Generate the video between two keyframes (headless ComfyUI).",
-                       description="Runs workflows/api/svd_inbetween_full.json in ComfyUI (COMFYUI_PATH) in-process.")
+    p = sub.add_parser("run", help="Generate in-betweens through ComfyUI servers (or a private one).",
+                       description="Queues an API-format workflow per keyframe pair on ComfyUI servers through their "
+                                   "HTTP/websocket API. Without --server, starts a private server (COMFYUI_PATH).")
     src = p.add_argument_group("keyframes (one pair, or a batch)")
     src.add_argument("--start", help="start keyframe image")
     src.add_argument("--end", help="end keyframe image")
-    src.add_argument("--pairs", help="CSV/text file, one 'start,end[,output]' per line (batch)")
+    src.add_argument("--pairs", help="CSV/text file, one 'start,end[,output]' per line (batch; output relative to -o)")
     src.add_argument("--folder", help="folder of images: each consecutive pair (sorted by name) is one clip (batch)")
-    p.add_argument("-o", "--output", required=True, help="output .mp4 (single pair) or folder (batch)")
-    p.add_argument("--mode", default="gi", choices=MODES, help="; ".join(f"{k}: {v}" for k, v in MODE_HELP.items()))
+    src.add_argument("--keyframes", nargs="+", metavar="IMAGE",
+                     help="keyframes in order: one clip per consecutive pair (a batch), joined into -o")
+    p.add_argument("-o", "--output", required=True,
+                   help="output .mp4 (--start/--end, --keyframes) or folder (--pairs, --folder)")
+    p.add_argument("--mode", choices=MODES, help="; ".join(f"{k}: {v}" for k, v in MODE_HELP.items()))
     add_generation_args(p)
-    p.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH or ~/ComfyUI)")
-    p.add_argument("--cpu", action="store_true", help="run ComfyUI on the CPU")
+    add_server_args(p)
     p.set_defaults(func=main)
 
 
 def add_generation_args(p: argparse.ArgumentParser, seed_help: str | None = None,
                         resize_help: str | None = None) -> None:
-    """Models and sampler settings shared by `run` and `eval` (paper defaults)."""
-    p.add_argument("--checkpoint", required=True, help="SVD checkpoint .safetensors (e.g. svd_xt.safetensors)")
-    p.add_argument("--backward", help="backward-motion weights .safetensors (needed for mode gi)")
-    p.add_argument("--width", type=int, default=1024)
-    p.add_argument("--height", type=int, default=576)
-    p.add_argument("--frames", type=int, default=25)
-    p.add_argument("--steps", type=int, default=50)
-    p.add_argument("--seed", type=int, default=42, help=seed_help)
-    p.add_argument("--cfg", type=float, default=2.0)
-    p.add_argument("--recurrence", type=int, default=5)
-    p.add_argument("--recurrence-ratio", type=float, default=0.5)
-    p.add_argument("--forward-weight", type=float, default=0.5)
-    p.add_argument("--execution", default="auto", choices=EXECUTIONS)
-    p.add_argument("--motion-bucket-id", type=int, default=127)
-    p.add_argument("--fps", type=int, default=7)
-    p.add_argument("--resize", default="crop", choices=RESIZE_MODES, help=resize_help)
+    """Workflow, models and sampler settings shared by `run`, `eval` and `serve-check`. A setting that is not
+    given keeps the workflow's value (the shipped workflows hold the paper's defaults)."""
+    w = p.add_argument_group("workflow (settings not given keep the workflow's values)")
+    w.add_argument("--workflow", help="API-format workflow (default: workflows/api/svd_inbetween_full.json)")
+    w.add_argument("--start-node", help="id or title of the LoadImage node for the start keyframe (default: "
+                                        "the node titled 'Start frame')")
+    w.add_argument("--end-node", help="... for the end keyframe (default: the node titled 'End frame')")
+    w.add_argument("--set", action="append", default=[], metavar="NODE.input=VALUE",
+                   help="set any input; NODE is a node id or title, VALUE is JSON or a string (repeatable)")
+    w.add_argument("--checkpoint", help="SVD checkpoint: a local file (its folder is given to a private server) or "
+                                        "a name the server lists under models/checkpoints (shipped: svd_xt.safetensors)")
+    w.add_argument("--backward", help="backward-motion weights (file or server-side name) for modes gi/vibid_gi")
+    w.add_argument("--width", type=int, help="video width (shipped: 1024)")
+    w.add_argument("--height", type=int, help="video height (shipped: 576)")
+    w.add_argument("--frames", type=int, help="frames per clip (shipped: 25)")
+    w.add_argument("--steps", type=int, help="sampling steps (shipped: 50)")
+    w.add_argument("--seed", type=int, help=seed_help or "sampler seed, the same for every pair (shipped: 42)")
+    w.add_argument("--cfg", type=float, help="guidance scale (shipped: 2.0)")
+    w.add_argument("--recurrence", type=int, help="re-noising passes (shipped: 5)")
+    w.add_argument("--recurrence-ratio", type=float, help="share of the steps with recurrence (shipped: 0.5)")
+    w.add_argument("--forward-weight", type=float, help="fusion weight of the forward direction (shipped: 0.5)")
+    w.add_argument("--execution", choices=EXECUTIONS, help="batched, sequential or auto (shipped: auto)")
+    w.add_argument("--motion-bucket-id", type=int, help="SVD motion bucket (shipped: 127)")
+    w.add_argument("--fps", type=int, help="frame-rate id and video fps (shipped: 7)")
+    w.add_argument("--resize", choices=RESIZE_MODES, help=resize_help or "how keyframes fit the size (shipped: crop)")
 
+
+def add_server_args(p: argparse.ArgumentParser) -> None:
+    s = p.add_argument_group("servers")
+    s.add_argument("--server", action="append", default=[], metavar="URL",
+                   help="a running ComfyUI server, e.g. http://127.0.0.1:8188 (repeatable)")
+    s.add_argument("--servers", metavar="FILE", help="file with one server URL per line")
+    s.add_argument("--per-server", type=int, default=1, metavar="K", help="prompts in flight per server (default 1)")
+    s.add_argument("--timeout", type=float, default=3600.0,
+                   help="seconds a prompt may run (from its start on the server) before it is interrupted and "
+                        "re-queued elsewhere; 0: no limit (default 3600)")
+    s.add_argument("--retries", type=int, default=2, help="re-queues per pair after server faults (default 2)")
+    s.add_argument("--server-wait", type=float, default=300.0,
+                   help="seconds to wait for a server to come back when none is reachable (default 300)")
+    s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    loc = p.add_argument_group("private server (used when no --server is given)")
+    loc.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH or ~/ComfyUI)")
+    loc.add_argument("--cpu", action="store_true", help="run the private server on the CPU")
+    loc.add_argument("--cuda-device", help="GPU of the private server (ComfyUI's --cuda-device)")
+    loc.add_argument("--custom-nodes", action="append", default=[], metavar="DIR",
+                     help="another custom node folder for the private server (repeatable)")
+
+
+def fail(message: str) -> SystemExit:
+    return SystemExit(f"svd-inbetween: {message}")
+
+
+# ---------------------------------------------------------------------- pairs
 
 def collect_pairs(args) -> list[Pair]:
-    given = [bool(args.start or args.end), bool(args.pairs), bool(args.folder)]
+    given = [bool(args.start or args.end), bool(args.pairs), bool(args.folder), bool(getattr(args, "keyframes", None))]
     if sum(given) != 1:
-        raise SystemExit("svd-inbetween run: give --start and --end, or --pairs FILE, or --folder DIR")
+        raise SystemExit("svd-inbetween run: give --start and --end, or --pairs FILE, or --folder DIR, "
+                         "or --keyframes A B ...")
     if args.start or args.end:
         if not (args.start and args.end):
             raise SystemExit("svd-inbetween run: --start and --end go together")
@@ -82,89 +124,185 @@ def collect_pairs(args) -> list[Pair]:
                     raise SystemExit(f"svd-inbetween run: {args.pairs} line {i + 1}: expected 'start,end[,output]'")
                 out = row[2] if len(row) > 2 else f"{i:04d}.mp4"
                 pairs.append(Pair(row[0], row[1], os.path.join(args.output, out)))
-    else:
+    elif args.folder:
         images = sorted(f for f in os.listdir(args.folder) if f.lower().endswith(IMAGE_EXTS))
         if len(images) < 2:
             raise SystemExit(f"svd-inbetween run: {args.folder} holds fewer than two images")
-        pairs = []
-        for i, (a, b) in enumerate(zip(images, images[1:])):
-            pairs.append(Pair(os.path.join(args.folder, a), os.path.join(args.folder, b),
-                              os.path.join(args.output, f"{i:04d}_{os.path.splitext(a)[0]}.mp4")))
+        pairs = [Pair(os.path.join(args.folder, a), os.path.join(args.folder, b),
+                      os.path.join(args.output, f"{i:04d}_{os.path.splitext(a)[0]}.mp4"))
+                 for i, (a, b) in enumerate(zip(images, images[1:]))]
+    else:
+        if len(args.keyframes) < 2:
+            raise SystemExit("svd-inbetween run: --keyframes needs at least two images")
+        folder = segments_folder(args.output)
+        pairs = [Pair(a, b, os.path.join(folder, f"{i:04d}_{_stem(a)}_{_stem(b)}.mp4"))
+                 for i, (a, b) in enumerate(zip(args.keyframes, args.keyframes[1:]))]
     for pair in pairs:
         for path in (pair.start, pair.end):
             if not os.path.isfile(path):
                 raise SystemExit(f"svd-inbetween run: keyframe not found: {path}")
+    keys = [os.path.abspath(p.output) for p in pairs]
+    if len(set(keys)) != len(keys):
+        raise SystemExit("svd-inbetween run: two pairs write the same output file")
     return pairs
 
 
-def build_prompt(args, checkpoint_name: str, backward_name: str | None, start_name: str, end_name: str) -> dict:
-    with open(WORKFLOW) as f:
-        prompt = json.load(f)
-    by_class = {node["class_type"]: node for node in prompt.values()}
-    ids = {node["class_type"]: nid for nid, node in prompt.items()}
-    by_class["ImageOnlyCheckpointLoader"]["inputs"]["ckpt_name"] = checkpoint_name
-    titles = {node.get("_meta", {}).get("title"): node for node in prompt.values()}
-    titles["Start frame"]["inputs"]["image"], titles["End frame"]["inputs"]["image"] = start_name, end_name
-    by_class["SVDInbetweenConditioning"]["inputs"].update(
-        width=args.width, height=args.height, video_frames=args.frames, motion_bucket_id=args.motion_bucket_id,
-        fps=args.fps, resize=args.resize)
-    by_class["SVDInbetweenSampler"]["inputs"].update(
-        seed=args.seed, steps=args.steps, cfg=args.cfg, mode=args.mode, recurrence=args.recurrence,
-        recurrence_ratio=args.recurrence_ratio, forward_weight=args.forward_weight, execution=args.execution)
-    by_class["CreateVideo"]["inputs"]["fps"] = float(args.fps)
-    if backward_name:
-        by_class["SVDInbetweenLoadBackwardWeights"]["inputs"]["weights"] = backward_name
-    else:
-        weights_id = ids["SVDInbetweenLoadBackwardWeights"]
-        by_class["SVDInbetweenSampler"]["inputs"]["model"] = prompt[weights_id]["inputs"]["model"]
-        del prompt[weights_id]
-    return prompt
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
 
 
-def run_pairs(session, args, pairs: list[Pair], workdir: str, transform=None) -> list[str]:
-    """Run each pair through the session; `transform(prompt)` lets tests swap in tiny models."""
-    import folder_paths
-    input_dir = os.path.join(workdir, "input")
-    os.makedirs(input_dir, exist_ok=True)
-    folder_paths.set_input_directory(input_dir)
-    folder_paths.set_output_directory(os.path.join(workdir, "output"))
-    checkpoint = os.path.abspath(args.checkpoint)
-    folder_paths.add_model_folder_path("checkpoints", os.path.dirname(checkpoint), is_default=True)
-    backward = None
-    if args.backward:
-        backward = os.path.abspath(args.backward)
-        folder_paths.add_model_folder_path("svd_inbetween", os.path.dirname(backward), is_default=True)
-    written = []
-    for i, pair in enumerate(tqdm(pairs, desc="clips", disable=len(pairs) < 2)):
-        names = []
-        for tag, path in (("start", pair.start), ("end", pair.end)):
-            name = f"{i:04d}_{tag}{os.path.splitext(path)[1].lower()}"
-            shutil.copyfile(path, os.path.join(input_dir, name))
-            names.append(name)
-        prompt = build_prompt(args, os.path.basename(checkpoint), backward and os.path.basename(backward), *names)
-        if transform is not None:
-            prompt = transform(prompt)
-        result = session.run(prompt)
-        video = [item for out in result.outputs.values() for item in out.get("images", [])][0]
-        src = os.path.join(folder_paths.get_output_directory(), video.get("subfolder", ""), video["filename"])
-        os.makedirs(os.path.dirname(os.path.abspath(pair.output)), exist_ok=True)
-        shutil.move(src, pair.output)
-        written.append(pair.output)
-    return written
+def segments_folder(output: str) -> str:
+    return os.path.splitext(output)[0] + "_segments"
+
+
+def keyframe_problem(path: str) -> str | None:
+    """Why Pillow cannot read a keyframe (the pair then fails alone, before anything is queued)."""
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            im.verify()
+    except Exception as e:  # Pillow raises many types for broken files
+        return f"keyframe {path} is not an image Pillow can read ({type(e).__name__}: {e})"
+    return None
+
+
+# ---------------------------------------------------------------------- the prompt
+
+def model_value(value: str | None, folder: str, model_dirs: dict[str, str]) -> str | None:
+    """A local file becomes its name (its folder goes to a private server); anything else is a server-side name."""
+    if value and os.path.isfile(value):
+        model_dirs[folder] = os.path.dirname(os.path.abspath(value))
+        return os.path.basename(value)
+    return value
+
+
+def build_prompt(args) -> tuple[dict, tuple[str, str], dict[str, str]]:
+    """The workflow with every flag applied, its keyframe node ids, and model folders for a private server."""
+    from .workflow import (apply_flags, apply_models, apply_sets, drop_backward_weights, keyframe_nodes,
+                           load_workflow, mode_of)
+    prompt = load_workflow(args.workflow or WORKFLOW)
+    nodes = keyframe_nodes(prompt, args.start_node, args.end_node)
+    model_dirs: dict[str, str] = {}
+    models = {flag: model_value(getattr(args, flag), folder, model_dirs) for flag, folder in MODEL_FOLDERS.items()}
+    apply_models(prompt, models)
+    apply_flags(prompt, {k: getattr(args, k, None) for k in GENERATION_FLAGS})
+    if not args.workflow and not args.backward and mode_of(prompt) not in BACKWARD_WEIGHT_MODES:
+        drop_backward_weights(prompt)  # the shipped workflow without weights the mode does not use
+    apply_sets(prompt, args.set)
+    return prompt, nodes, model_dirs
+
+
+def server_urls(args) -> list[str]:
+    urls = list(args.server)
+    if args.servers:
+        with open(args.servers) as f:
+            urls += [ln.strip() for ln in f if ln.strip() and not ln.strip().startswith("#")]
+    return [u if "://" in u else "http://" + u for u in urls]
+
+
+def build_jobs(pairs: list[Pair], prompt: dict, nodes: tuple[str, str], manifest) -> list:
+    from .api_client import UPLOAD_SUBFOLDER
+    from .dispatch import Job
+    from .workflow import fingerprint, seed_of, upload_name, with_keyframes
+    jobs = []
+    for pair in pairs:
+        key = manifest.key(pair.output)
+        meta = {"start": pair.start, "end": pair.end}
+        problem = keyframe_problem(pair.start) or keyframe_problem(pair.end)
+        if problem:
+            jobs.append(Job(key, pair.output, None, meta=meta, error=problem))
+            continue
+        names = tuple(f"{UPLOAD_SUBFOLDER}/{upload_name(p)}" for p in (pair.start, pair.end))
+        p = with_keyframes(prompt, nodes, names)
+        jobs.append(Job(key, pair.output, p, uploads={names[0]: pair.start, names[1]: pair.end},
+                        fingerprint=fingerprint(p), seed=seed_of(p), meta=meta))
+    return jobs
+
+
+def dispatch(args, jobs: list, manifest, model_dirs: dict[str, str], skip_nodes: tuple[str, ...]):
+    """Run the jobs on --server/--servers, or on a private server started for this call."""
+    import contextlib
+
+    from .dispatch import Dispatcher, NoServer, Settings
+    from .local_server import LocalServer
+    settings = Settings(per_server=max(1, args.per_server), retries=max(0, args.retries),
+                        timeout=args.timeout or None, server_wait=args.server_wait,
+                        progress=not args.no_progress)
+    urls = server_urls(args)
+    dispatcher = Dispatcher(urls, manifest, settings, skip_nodes)
+    todo = dispatcher.triage(jobs)
+    with contextlib.ExitStack() as stack:
+        if todo and not urls:
+            dispatcher.add_server(stack.enter_context(LocalServer(args.comfyui, args.cpu, args.cuda_device,
+                                                                  tuple(args.custom_nodes), model_dirs)))
+        try:
+            dispatcher.run(todo)
+        except NoServer as e:
+            raise fail(str(e)) from None
+    return dispatcher
+
+
+def exit_code(jobs: list) -> int:
+    if any(j.status == "interrupted" for j in jobs):
+        return 130
+    return 1 if any(j.status in ("failed", "pending") for j in jobs) else 0
+
+
+def join_segments(paths: list[str], dest: str) -> None:
+    """One video from consecutive segments; each shared keyframe frame appears once."""
+    from fractions import Fraction
+
+    import av
+
+    from .manifest import replace_atomically, temporary_path
+    tmp = temporary_path(dest)
+    with av.open(paths[0]) as first:
+        src = first.streams.video[0]
+        rate, width, height = src.average_rate or 7, src.codec_context.width, src.codec_context.height
+    with av.open(tmp, "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        count = 0
+        for i, path in enumerate(paths):
+            with av.open(path) as c:
+                for j, frame in enumerate(c.decode(video=0)):
+                    if i and not j:
+                        continue
+                    frame = frame.reformat(width, height, "yuv420p")
+                    frame.pts, frame.time_base = count, Fraction(1, 1) / rate  # one clock for all segments
+                    count += 1
+                    for packet in stream.encode(frame):
+                        out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    replace_atomically(tmp, dest)
 
 
 def main(args: argparse.Namespace) -> int:
-    from .comfy_session import ComfySession
+    from .dispatch import summary
+    from .manifest import Manifest
+    from .workflow import WorkflowError
     pairs = collect_pairs(args)
-    if not os.path.isfile(args.checkpoint):
-        raise SystemExit(f"svd-inbetween run: checkpoint not found: {args.checkpoint}")
-    if args.backward and not os.path.isfile(args.backward):
-        raise SystemExit(f"svd-inbetween run: backward weights not found: {args.backward}")
-    if not args.backward and args.mode in BACKWARD_WEIGHT_MODES:
-        raise SystemExit(f"svd-inbetween run: mode {args.mode} needs --backward WEIGHTS "
-                         "(or use --mode gi_no_finetune, trf or vibid)")
-    session = ComfySession(comfyui=args.comfyui, cpu=args.cpu)
-    with tempfile.TemporaryDirectory(prefix="svd-inbetween-") as workdir:
-        for path in run_pairs(session, args, pairs, workdir):
-            print(path)
-    return 0
+    try:
+        prompt, nodes, model_dirs = build_prompt(args)
+    except WorkflowError as e:
+        raise fail(str(e)) from None
+    if args.keyframes:
+        folder = segments_folder(args.output)
+    elif args.start:
+        folder = os.path.dirname(os.path.abspath(args.output))
+    else:
+        folder = args.output
+    manifest = Manifest(folder)
+    jobs = build_jobs(pairs, prompt, nodes, manifest)
+    try:
+        dispatcher = dispatch(args, jobs, manifest, model_dirs, skip_nodes=nodes)
+    except KeyboardInterrupt:  # before the batch started (admission, private server start)
+        log.warning("interrupted before anything was queued")
+        return 130
+    print(summary(dispatcher, jobs))
+    code = exit_code(jobs)
+    if args.keyframes and code == 0:
+        join_segments([p.output for p in pairs], args.output)
+        print(f"joined {len(pairs)} segments into {args.output}")
+    return code

@@ -74,6 +74,9 @@ class Scorers:
 
 # generate(pair, variant, keyframes uint8 [2, H, W, 3]) -> (frames [F, H', W', 3] float in [0, 1], {"seed", "settings"})
 Generator = Callable[[Pair, Variant, np.ndarray], tuple[torch.Tensor, dict]]
+# prepare([(pair, variant, keyframes), ...]): called once with every clip still to score, before the first
+# `generate`, so that a client can generate them all at once (e.g. spread over several servers)
+Prepare = Callable[[list[tuple[Pair, Variant, np.ndarray]]], None]
 Fit = Callable[[np.ndarray, int, int], np.ndarray]
 
 
@@ -144,19 +147,29 @@ class Evaluation:
     frames: int
     fit: Fit = same_size
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    prepare: Prepare | None = None
 
     def run(self) -> list[dict]:
         lay = Layout(self.out)
         done = {(r["pair"], r["variant"]) for r in report.read_rows(lay.clips_csv)}
         key = self.scorers.key()
+        todos = {pair: [v for v in self.variants
+                        if (pair.id, v.label) not in done or not os.path.isfile(lay.features(v.slug, pair))]
+                 for pair in self.pairs}
+        if self.prepare is not None:
+            self.prepare([(pair, v, self.keyframes(pair)) for pair, todo in todos.items() for v in todo])
         for pair in self.pairs:
-            todo = [v for v in self.variants
-                    if (pair.id, v.label) not in done or not os.path.isfile(lay.features(v.slug, pair))]
+            todo = todos[pair]
             self.skipped += [(pair.id, v.label) for v in self.variants if v not in todo]
             if todo:
                 self._score_pair(pair, todo, lay, key)
             self._sheet(pair, lay, key)
         return self.summarise(lay, key)
+
+    def keyframes(self, pair: Pair) -> np.ndarray:
+        """The pair's start and end frame, uint8 [2, H, W, 3] (what `generate` is given)."""
+        idx = clip_indices(pair, self.frames)
+        return read_frames(pair.source, [idx[0], idx[-1]])[[0, -1]]
 
     def _score_pair(self, pair: Pair, variants: list[Variant], lay: Layout, key: str) -> None:
         gt_raw = read_frames(pair.source, clip_indices(pair, self.frames))

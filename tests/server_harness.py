@@ -20,28 +20,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+PACKS = {"svd_inbetween": REPO, "svd_inbetween_test_tiny": os.path.join(HERE, "tiny_pack")}
+
+
 class ComfyServer:
-    def __init__(self, base: str):
+    """`with ComfyServer(base) as server:`. `port` reuses a port (a restarted server); `packs` names the
+    custom node folders linked into base/custom_nodes (default: this pack and the tiny test pack)."""
+
+    def __init__(self, base: str, port: int | None = None, packs: dict[str, str] | None = None):
         self.base = base
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = os.path.join(base, "server.log")
         custom = os.path.join(base, "custom_nodes")
         os.makedirs(custom, exist_ok=True)
-        for name, target in (("svd_inbetween", REPO), ("svd_inbetween_test_tiny", os.path.join(HERE, "tiny_pack"))):
+        for name, target in (PACKS if packs is None else packs).items():
             link = os.path.join(custom, name)
             if not os.path.exists(link):
                 os.symlink(target, link)
         self.proc = None
 
-    def __enter__(self):
-        log = open(self.log_path, "w")
+    def start(self) -> "ComfyServer":
+        """Launch main.py without waiting (see wait_ready); lets several servers boot in parallel."""
+        log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
              "--base-directory", self.base, "--disable-auto-launch"],
             cwd=COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT,
             # tiny models are overhead-bound: extra intra-op threads only fight the test process for 2 cores
             env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
+        return self
+
+    def __enter__(self):
+        return self.start().wait_ready()
+
+    def wait_ready(self) -> "ComfyServer":
         deadline = time.time() + 180
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -54,11 +67,14 @@ class ComfyServer:
         raise RuntimeError(f"ComfyUI server did not come up in 180 s:\n{self.log()}")
 
     def __exit__(self, *exc):
+        if self.proc is None or self.proc.poll() is not None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait(timeout=30)
 
     def log(self) -> str:
         with open(self.log_path) as f:

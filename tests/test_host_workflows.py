@@ -114,13 +114,6 @@ def test_real_server_object_info_and_workflows_over_http(tmp_path):
         assert server.get("/system_stats")
 
 
-@pytest.mark.host
-def test_cli_run_single_and_batch(tmp_path):
-    res = run_job(tmp_path, "cli_run")
-    assert res["single"] == [{"frames": 5, "width": 64, "height": 64}]
-    assert res["batch"] == ["0000_a.mp4", "0001_b.mp4"]
-
-
 def test_cli_run_argument_errors(tmp_path):
     from svd_inbetween.cli import build_parser
     from svd_inbetween.cli.run import collect_pairs
