@@ -12,6 +12,8 @@ weight patches and device moves are unchanged. It splits only while
 of chunks of the call) and its input holds at least SPLIT_MIN_BYTES; everywhere else it
 calls `net` exactly as the original does. Small inputs stay whole: splitting them saves
 little memory and costs a few kernel launches per layer (measurable on a tiny CPU model).
+Under `chunking.low_memory()` (the lowvram execution) it runs over pieces of rows instead
+once its input exceeds a piece (see attention_patch/chunking.py).
 """
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import contextvars
 
 import torch
 from torch import nn
+
+from .chunking import over_rows, piece_rows
 
 _PARTS: contextvars.ContextVar[int] = contextvars.ContextVar("svd_inbetween_feedforward_parts", default=1)
 FEEDFORWARD_CLASS = "FeedForward"
@@ -38,6 +42,9 @@ class PerVideoFeedForward(nn.Module):
         self.net = original.net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = piece_rows(x)
+        if rows is not None:
+            return over_rows(self.net, rows, x)
         parts = _PARTS.get()
         if parts <= 1 or x.shape[0] < parts or x.numel() * x.element_size() < SPLIT_MIN_BYTES:
             return self.net(x)

@@ -5,6 +5,7 @@ import re
 
 import torch
 
+from .chunking import FrameChunked, is_chunked_wrapper, spatial_resblock_layer_paths
 from .feedforward import PerVideoFeedForward, feedforward_paths, is_feedforward_wrapper
 from .proxy import TemporalAttentionProxy, is_proxy
 
@@ -69,7 +70,8 @@ def rotate_layers(paths: list[str], mode: str) -> frozenset[str]:
 
 
 def with_proxies(model_patcher, backward: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
-    """A clone whose 16 temporal attn1 layers carry proxies and whose feed-forwards run per video.
+    """A clone whose 16 temporal attn1 layers carry proxies, whose feed-forwards run per video and
+    whose spatial res-block layers can run per frame (chunking.FrameChunked, lowvram only).
 
     With `backward` (path -> (W_v', W_o') absolute tensors) the proxies hold those
     weights; without it, layers that already carry a proxy keep it and the rest
@@ -80,6 +82,10 @@ def with_proxies(model_patcher, backward: dict[str, tuple[torch.Tensor, torch.Te
         if not is_feedforward_wrapper(m.object_patches.get(PREFIX + path)):
             ff = m.get_model_object(PREFIX + path)
             m.add_object_patch(PREFIX + path, PerVideoFeedForward(ff.original if is_feedforward_wrapper(ff) else ff))
+    for path in spatial_resblock_layer_paths(m.model.diffusion_model):
+        if not is_chunked_wrapper(m.object_patches.get(PREFIX + path)):
+            seq = m.get_model_object(PREFIX + path)
+            m.add_object_patch(PREFIX + path, FrameChunked(seq.original if is_chunked_wrapper(seq) else seq))
     existing = proxies(m)
     for path, proxy in existing.items():
         if backward is None and proxy is not None:

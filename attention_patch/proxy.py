@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .chunking import in_pieces
 from .rotation import apply_probs, attention_probs, rot180
 from .run_state import PARTNER, RUN_KEY, InbetweenRun, is_backward
 
@@ -72,8 +73,9 @@ class TemporalAttentionProxy(nn.Module):
                                         value=None if value is None else val[i],
                                         transformer_options=transformer_options)
                 continue
-            probs = attention_probs(self.to_q(xs[i]), self.to_k(ctx[i]), self.heads)
-            outs[i] = self.to_out(apply_probs(probs, self.to_v(val[i])))
+            # in_pieces: over (video, position) rows under the lowvram execution, else whole
+            probs = in_pieces(lambda q, k: attention_probs(self.to_q(q), self.to_k(k), self.heads), xs[i], ctx[i])
+            outs[i] = in_pieces(lambda p, v: self.to_out(apply_probs(p, self.to_v(v))), probs, val[i])
             if PARTNER[c] in chunk_ids:
                 local[c] = probs
             else:
@@ -85,8 +87,8 @@ class TemporalAttentionProxy(nn.Module):
             probs = local.pop(partner) if partner in local else run.take(self.layer, partner)
             to_v, to_out = self._backward_projections(x.device) if run.finetuned and self.has_backward_weights \
                 else (self.to_v, self.to_out)
-            outs[i] = to_out(apply_probs(rot180(probs), to_v(val[i])))
-        return torch.cat(outs)
+            outs[i] = in_pieces(lambda p, v: to_out(apply_probs(rot180(p), to_v(v))), probs, val[i])
+        return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _backward_projections(self, device: torch.device):
         """W_v', W_o' on the compute device.

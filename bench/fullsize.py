@@ -46,6 +46,7 @@ class LiveBytes(TorchDispatchMode):
         super().__init__()
         self.current = 0
         self.peak = 0
+        self.ops = 0  # aten ops dispatched: the kernel launches of a GPU run, give or take fusions
         self._storages: dict[int, list[int]] = {}
         self._tracked: set[int] = set()
 
@@ -59,6 +60,7 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        self.ops += 1
         for t in tree_flatten(out)[0]:
             if not isinstance(t, torch.Tensor) or id(t) in self._tracked:
                 continue
@@ -141,6 +143,50 @@ def _call(unet, arch, chunk_ids, frames, height, width, dtype, extra_options=Non
     del out
 
 
+OURS = ("sequential", "batched", "lowvram")
+
+
+@contextlib.contextmanager
+def inbetween_patches(unet):
+    """The pack's patches on a bare UNet for the block: temporal attn1 proxies (with W_v'/W_o'),
+    per-video feed-forwards and frame-chunked spatial res-block layers, as `with_proxies` installs."""
+    from ..attention_patch.chunking import FrameChunked, spatial_resblock_layer_paths
+    from ..attention_patch.feedforward import PerVideoFeedForward, feedforward_paths
+    from ..attention_patch.proxy import TemporalAttentionProxy
+
+    originals = {p: unet.get_submodule(p) for p in _temporal_paths(unet)}
+    patches = {p: TemporalAttentionProxy(m, p, torch.empty_like(m.to_v.weight), torch.empty_like(m.to_out[0].weight))
+               for p, m in originals.items()}
+    patches.update({p: PerVideoFeedForward(unet.get_submodule(p)) for p in feedforward_paths(unet)})
+    patches.update({p: FrameChunked(unet.get_submodule(p)) for p in spatial_resblock_layer_paths(unet)})
+    with _swapped(unet, patches):
+        yield frozenset(originals)
+
+
+def trace_execution(unet, arch: str, execution: str, frames: int, height: int, width: int, dtype=torch.float16,
+                    rotate: frozenset[str] | None = None, piece_bytes: int | None = None) -> dict:
+    """One fused evaluation (CFG, both directions) laid out as `execution` lays it out, through the
+    pack's own patches (`inbetween_patches` must be active; `rotate`: its layers, default all).
+    Returns {"peak": live-tensor bytes, "maps": map bytes held at most, "calls": UNet calls, "ops": aten ops}."""
+    from ..attention_patch.chunking import low_memory
+    from ..attention_patch.feedforward import per_video_feedforward
+    from ..attention_patch.run_state import RUN_KEY, InbetweenRun
+    from ..samplers.execution import call_groups
+
+    present = [0, 1, 2, 3]
+    run = InbetweenRun(rotate_layers=frozenset(_temporal_paths(unet)) if rotate is None else rotate,
+                       finetuned=True, active=frozenset(present))
+    groups = call_groups(execution, present)
+    with torch.no_grad(), LiveBytes() as live:
+        for ids in groups:
+            chunked = low_memory(piece_bytes) if execution == "lowvram" else contextlib.nullcontext()
+            with per_video_feedforward(len(ids)), chunked:
+                _call(unet, arch, ids, frames, height, width, dtype, {RUN_KEY: run})
+    if run.maps:
+        raise RuntimeError(f"accounting: {execution} left {len(run.maps)} maps unused")
+    return {"peak": live.peak, "maps": run.peak_map_bytes, "calls": len(groups), "ops": live.ops}
+
+
 @torch.no_grad()
 def scheme_peaks(unet, arch: str, frames: int, height: int, width: int, dtype=torch.float16) -> dict[str, dict]:
     """Live-tensor peak of one fused evaluation (all 16 layers rotating, CFG), per scheme, traced
@@ -148,45 +194,27 @@ def scheme_peaks(unet, arch: str, frames: int, height: int, width: int, dtype=to
 
     reference: bench/reference.py's layers, a forward call of a CFG pair storing every map,
         then the backward call (its own Q/K computed and dropped) while the maps are held;
-    sequential: the pack's proxies and per-video feed-forwards, forward pair then backward pair;
-    batched: the same, forward and backward pairs in one call.
-    Returns {scheme: {"peak": bytes, "maps": bytes of maps held at most}}.
+    sequential, batched, lowvram: the pack's proxies, per-video feed-forwards and chunking
+        wrappers, calls laid out by samplers.execution.call_groups (see `trace_execution`).
+    Returns {scheme: {"peak": bytes, "maps": bytes of maps held at most, "calls", "ops"}}.
     """
-    from ..attention_patch.feedforward import PerVideoFeedForward, feedforward_paths, per_video_feedforward
-    from ..attention_patch.proxy import TemporalAttentionProxy
-    from ..attention_patch.run_state import (BACKWARD_COND, BACKWARD_UNCOND, FORWARD_COND, FORWARD_UNCOND,
-                                             RUN_KEY, InbetweenRun)
     from .reference import MapStore, RotatedMaps, StoreMaps
 
     paths = _temporal_paths(unet)
     originals = {p: unet.get_submodule(p) for p in paths}
-    call = lambda ids, options=None: _call(unet, arch, ids, frames, height, width, dtype, options)  # noqa: E731
     out: dict[str, dict] = {}
 
     store = MapStore()
     store.armed = True
     with LiveBytes() as live:
         with _swapped(unet, {p: StoreMaps(m, p, store) for p, m in originals.items()}):
-            call([0, 1])
+            _call(unet, arch, [0, 1], frames, height, width, dtype)
         with _swapped(unet, {p: RotatedMaps(m, p, store) for p, m in originals.items()}):
-            call([0, 1])
-    out["reference"] = {"peak": live.peak, "maps": store.peak_bytes}
-
-    proxies = {p: TemporalAttentionProxy(m, p, torch.empty_like(m.to_v.weight), torch.empty_like(m.to_out[0].weight))
-               for p, m in originals.items()}
-    ffs = {p: PerVideoFeedForward(unet.get_submodule(p)) for p in feedforward_paths(unet)}
-    forward_ids, backward_ids = [FORWARD_COND, FORWARD_UNCOND], [BACKWARD_COND, BACKWARD_UNCOND]
-    with _swapped(unet, {**proxies, **ffs}):
-        for scheme, calls in (("sequential", [forward_ids, backward_ids]), ("batched", [forward_ids + backward_ids])):
-            run = InbetweenRun(rotate_layers=frozenset(paths), finetuned=True,
-                               active=frozenset(forward_ids + backward_ids))
-            with LiveBytes() as live:
-                for ids in calls:
-                    with per_video_feedforward(len(ids)):
-                        call(ids, {RUN_KEY: run})
-            if run.maps:
-                raise RuntimeError(f"accounting: {scheme} left {len(run.maps)} maps unused")
-            out[scheme] = {"peak": live.peak, "maps": run.peak_map_bytes}
+            _call(unet, arch, [0, 1], frames, height, width, dtype)
+    out["reference"] = {"peak": live.peak, "maps": store.peak_bytes, "calls": 2, "ops": live.ops}
+    with inbetween_patches(unet):
+        for scheme in OURS:
+            out[scheme] = trace_execution(unet, arch, scheme, frames, height, width, dtype)
     return out
 
 

@@ -1,6 +1,7 @@
 """The dual-direction GUIDER: forward from the start frame, backward from the end frame, fused."""
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -10,12 +11,13 @@ import torch
 import comfy.model_management
 import comfy.samplers
 
+from ..attention_patch.chunking import low_memory
 from ..attention_patch.feedforward import per_video_feedforward
 from ..attention_patch.layers import rotate_layers, temporal_attn1_paths
 from ..attention_patch.rotation import flip_frames
 from ..attention_patch.run_state import (BACKWARD_COND, BACKWARD_UNCOND, FORWARD_COND, FORWARD_UNCOND, RUN_KEY,
                                          InbetweenRun, is_backward)
-from .execution import EXECUTIONS, batched_memory, choose_execution
+from .execution import EXECUTIONS, call_groups, choose_execution, execution_estimates
 from .fusion import fuse
 from .validation import fail
 from .vibid import ANSWERS_MARK, BACKWARD, DIRECTION_KEY, FORWARD, SEQUENTIAL_MARK, SEQUENTIAL_MODES, DirectionRequest
@@ -33,9 +35,10 @@ def _flip_chunks(t: torch.Tensor, backward: list[bool], frames: int) -> torch.Te
     return torch.cat([flip_frames(c, frames) if b else c for c, b in zip(chunks, backward)])
 
 
-def direction_wrapper(frames: int, inner=None):
+def direction_wrapper(frames: int, inner=None, chunked: bool = False):
     """model_function_wrapper: backward chunks see flip(x) (and flipped per-frame conds) and
-    their outputs are flipped back, so calc_cond_batch can feed the same x to all four conds."""
+    their outputs are flipped back, so calc_cond_batch can feed the same x to all four conds.
+    chunked: the call runs under chunking.low_memory (the lowvram execution)."""
     def wrapper(apply_model, args):
         chunk_ids = args["cond_or_uncond"]
         backward = [is_backward(c) for c in chunk_ids]
@@ -48,7 +51,7 @@ def direction_wrapper(frames: int, inner=None):
             c = {k: _flip_chunks(v, backward, frames) if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == batch else v
                  for k, v in args["c"].items()}
             args = dict(args, input=x, c=c)
-        with per_video_feedforward(len(chunk_ids)):
+        with per_video_feedforward(len(chunk_ids)), low_memory() if chunked else contextlib.nullcontext():
             if inner is not None:
                 out = inner(apply_model, args)
             else:
@@ -123,7 +126,8 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
     def _execution_for(self, x: torch.Tensor) -> str:
         if self.chosen_execution is None:
             free = comfy.model_management.get_free_memory(x.device)
-            self.chosen_execution = choose_execution(self.execution, free, batched_memory(self.inner_model, x))
+            estimates = execution_estimates(self.model_patcher, self.inner_model, x, self.layers)
+            self.chosen_execution = choose_execution(self.execution, free, estimates)
         return self.chosen_execution
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
@@ -181,17 +185,17 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
         topts = dict(opts.get("transformer_options", {}))
         topts[RUN_KEY] = run
         opts["transformer_options"] = topts
-        opts["model_function_wrapper"] = direction_wrapper(x.shape[0], model_options.get("model_function_wrapper"))
+        execution = self._execution_for(x)
+        opts["model_function_wrapper"] = direction_wrapper(x.shape[0], model_options.get("model_function_wrapper"),
+                                                           chunked=execution == "lowvram")
         try:
-            if not (want_backward and run_forward) or self._execution_for(x) == "batched":
-                out = comfy.samplers.calc_cond_batch(self.inner_model, conds, x, timestep, opts)
-            else:
-                fwd_only = [c if not is_backward(i) else None for i, c in enumerate(conds)]
-                bwd_only = [c if is_backward(i) else None for i, c in enumerate(conds)]
-                out_f = comfy.samplers.calc_cond_batch(self.inner_model, fwd_only, x, timestep, opts)
-                comfy.model_management.throw_exception_if_processing_interrupted()
-                out_b = comfy.samplers.calc_cond_batch(self.inner_model, bwd_only, x, timestep, opts)
-                out = [out_b[0], out_b[1], out_f[2], out_f[3]]
+            out = None
+            for k, group in enumerate(call_groups(execution, sorted(run.active))):
+                if k:
+                    comfy.model_management.throw_exception_if_processing_interrupted()
+                part = comfy.samplers.calc_cond_batch(self.inner_model, [c if i in group else None for i, c in
+                                                                         enumerate(conds)], x, timestep, opts)
+                out = list(part) if out is None else [part[i] if i in group else o for i, o in enumerate(out)]
             if run.maps:
                 raise RuntimeError(f"SVD inbetween: {len(run.maps)} attention maps were captured but never used")
         finally:

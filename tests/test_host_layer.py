@@ -175,13 +175,14 @@ def test_stock_sampling_through_wrapped_model_keeps_whole_batches(tiny, monkeypa
 
 
 def test_split_feedforwards_give_the_same_video(tiny, monkeypatch):
-    """gi, batched, 2 steps with recurrence: feed-forwards split per video == whole (float summation order only)."""
+    """gi, batched, 3 steps with recurrence: feed-forwards split per video == whole (float summation order only;
+    with 2 steps one goes from sigma 700 to ~0 and the latent keeps only ulp(700) = 6e-5 of fp32 resolution)."""
     from svd_inbetween.attention_patch import feedforward
     from svd_inbetween.samplers.run import sample_inbetween
     ps, ns, pe, ne, lat = tiny.conds
 
     def run():
-        return sample_inbetween("test", tiny.model_gi, ps, ns, pe, ne, lat, seed=3, steps=2, cfg=2.0, mode="gi",
+        return sample_inbetween("test", tiny.model_gi, ps, ns, pe, ne, lat, seed=3, steps=3, cfg=2.0, mode="gi",
                                 recurrence=1, execution="batched", callback=lambda *a: None)["samples"]
     whole = run()
     monkeypatch.setattr(feedforward, "SPLIT_MIN_BYTES", 0)
