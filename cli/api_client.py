@@ -2,9 +2,9 @@
 /interrupt, /queue, /object_info, /system_stats.
 
 Built on aiohttp (ComfyUI's own dependency). Message shapes checked against ComfyUI 0.3.64, 0.8
-and 0.33: a prompt's terminal event on /ws is `executing` with `node: null` (sent after the
-history entry is written), preceded by `execution_success`, `execution_error` or
-`execution_interrupted`; /history/{id} is `{id: {"prompt", "outputs", "status"}}` on all three.
+and 0.33: a prompt ends with `execution_success`, `execution_error` or `execution_interrupted`,
+then the server writes its history entry, then sends `executing` with `node: null`;
+/history/{id} is `{id: {"prompt", "outputs", "status"}}` on all three.
 """
 from __future__ import annotations
 
@@ -164,11 +164,11 @@ class ComfyClient:
         info = await self.get_json("/prompt")
         return int(info.get("exec_info", {}).get("queue_remaining", 0))
 
-    async def queue_ids(self) -> set[str]:
-        """Prompt ids running or pending on the server."""
+    async def queue_ids(self) -> tuple[set[str], set[str]]:
+        """Prompt ids (running, pending) on the server."""
         q = await self.get_json("/queue")
-        return {item[1] for key in ("queue_running", "queue_pending") for item in q.get(key, [])
-                if isinstance(item, list) and len(item) > 1}
+        return tuple({item[1] for item in q.get(key, []) if isinstance(item, list) and len(item) > 1}
+                     for key in ("queue_running", "queue_pending"))
 
     async def history(self, prompt_id: str) -> dict | None:
         """The finished history entry of a prompt, or None while it is queued or running."""
@@ -221,14 +221,30 @@ class ComfyClient:
                 os.fsync(f.fileno())
         return size
 
-    async def cancel(self, prompt_id: str) -> None:
-        """Drop the prompt from the queue if it waits, interrupt it if it runs (targeted by id)."""
-        for path, body in (("/queue", {"delete": [prompt_id]}), ("/interrupt", {"prompt_id": prompt_id})):
-            try:
-                async with await self._request("POST", path, json=body):
-                    pass
-            except ServerLost as e:
-                log.debug("cancel %s: %s", prompt_id, e)
+    async def cancel(self, prompt_id: str, confirm: float = 5.0) -> bool:
+        """Drop the prompt from the queue while it waits, interrupt it while it runs, until the server no
+        longer holds it (an interrupt that lands between dequeue and start is lost, so it is repeated).
+        True when the server confirmed; False when it stayed or the server did not answer."""
+        deadline = time.monotonic() + confirm
+        try:
+            while True:
+                running, pending = await self.queue_ids()
+                if prompt_id in pending:
+                    await self._post("/queue", {"delete": [prompt_id]})
+                elif prompt_id in running:
+                    await self._post("/interrupt", {"prompt_id": prompt_id})  # targeted (0.3.6x+)
+                else:
+                    return True
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.25)
+        except ServerLost as e:
+            log.debug("cancel %s: %s", prompt_id, e)
+            return False
+
+    async def _post(self, path: str, body: dict) -> None:
+        async with await self._request("POST", path, json=body):
+            pass
 
     # ------------------------------------------------------------------ websocket
     def watch(self, prompt_id: str) -> Watch:
@@ -291,8 +307,8 @@ class ComfyClient:
                 w.started = time.monotonic()
             elif kind == "progress" and "value" in data and "max" in data:
                 w.step = (int(data["value"]), int(data["max"]))
-            terminal = kind in TERMINAL or (kind == "executing" and data.get("node") is None)
-            if terminal and not w.done.done():
+            # the history entry is written after execution_* and before `executing` with node None
+            if kind == "executing" and data.get("node") is None and not w.done.done():
                 w.done.set_result(kind)
         if self.on_event is not None:
             self.on_event(kind, data)

@@ -17,8 +17,8 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from .api_client import (NodeFailed, PromptInterrupted, PromptRejected, ServerLost, Watch, execution_seconds,
-                         format_node_error, history_error, output_files)
+from .api_client import (TERMINAL, NodeFailed, PromptInterrupted, PromptRejected, ServerLost, Watch,
+                         execution_seconds, format_node_error, history_error, output_files)
 from .manifest import Manifest, replace_atomically, temporary_path
 from .servers import ServerSlot
 
@@ -253,7 +253,7 @@ class Dispatcher:
             if isinstance(e, ServerLost) and srv.state == "alive" and not await self._answers(srv):
                 srv.mark_dead(str(e))
             if posted and srv.state == "alive":
-                await srv.client.cancel(pid)  # it must not run on here while it runs elsewhere
+                await srv.client.cancel(pid)  # it must not go on here while it runs elsewhere (timeout)
             elif posted:
                 srv.abandoned.add(pid)
             return "retry", str(e)
@@ -280,8 +280,10 @@ class Dispatcher:
         while True:
             base = watch.started or watch.posted
             left = timeout - (time.monotonic() - base) if timeout else self.settings.poll
+            # once execution_* arrived, the history entry is moments away even if `executing` gets lost
+            poll = 0.1 if any(e in TERMINAL for e in watch.events) else self.settings.poll
             try:
-                await asyncio.wait_for(asyncio.shield(watch.done), max(0.01, min(self.settings.poll, left)))
+                await asyncio.wait_for(asyncio.shield(watch.done), max(0.01, min(poll, left)))
             except asyncio.TimeoutError:
                 pass
             if watch.done.done():
@@ -297,7 +299,6 @@ class Dispatcher:
             if entry is not None:
                 return entry
             if timeout and time.monotonic() - (watch.started or watch.posted) > timeout:
-                await srv.client.cancel(watch.prompt_id)
                 raise PromptTimeout(f"{srv.name}: prompt {watch.prompt_id} ran over --timeout {timeout:g} s")
 
     async def _save(self, srv: ServerSlot, job: Job, entry: dict) -> list[str]:

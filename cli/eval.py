@@ -175,19 +175,20 @@ def client_generator(args, manifest, frames_dir: str):
     return prepare, generate
 
 
-def workflow_frames(args) -> int:
-    """Frames per generated clip: --frames, else the workflow's."""
+def fill_from_workflow(args) -> None:
+    """--frames and --resize, when not given, are the workflow's (they decide how the ground truth is cut)."""
     from .run import build_prompt
     from .workflow import WorkflowError, settings_of
-    if args.frames:
-        return args.frames
     try:
-        frames = settings_of(build_prompt(argparse.Namespace(**{**vars(args), "mode": None}))[0], ("frames",))
+        found = settings_of(build_prompt(argparse.Namespace(**{**vars(args), "mode": None}))[0], ("frames", "resize"))
     except WorkflowError as e:
         raise SystemExit(f"svd-inbetween eval: {e}") from None
-    if "frames" not in frames:
-        raise SystemExit("svd-inbetween eval: pass --frames (the workflow has no frame count this tool knows)")
-    return int(str(frames["frames"]).split(",")[0])
+    if args.frames is None:
+        if "frames" not in found:
+            raise SystemExit("svd-inbetween eval: pass --frames (the workflow has no frame count this tool knows)")
+        args.frames = int(str(found["frames"]).split(",")[0])
+    if args.resize is None:
+        args.resize = found.get("resize", "crop")
 
 
 def fit_like_conditioning(args):
@@ -207,7 +208,7 @@ def evaluate(args, scorers=None) -> list[dict]:
     """The whole command; tests pass tiny stand-in extractors as `scorers`."""
     from ..evaluation.harness import Evaluation
     from .manifest import Manifest
-    args.frames = workflow_frames(args)
+    fill_from_workflow(args)
     todo_variants, todo_pairs = variants(args), pairs(args)
     scorers = scorers if scorers is not None else build_scorers(args)  # loads the metric networks
     os.makedirs(args.output, exist_ok=True)

@@ -121,7 +121,8 @@ class ServerSlot:
     async def _reconcile(self) -> None:
         """After a websocket reconnect: events may have been missed; ask the server about each prompt."""
         try:
-            queued = await self.client.queue_ids()
+            running, pending = await self.client.queue_ids()
+            queued = running | pending
             for pid, w in list(self.in_flight.items()):
                 if w.done.done() or pid in queued:
                     continue

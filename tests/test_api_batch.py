@@ -140,15 +140,10 @@ def test_ctrl_c_then_rerun_generates_only_the_missing_pairs(farm, tmp_path):
     assert interrupted
     # the interrupted prompts do not go on running on the servers
     by_name = {s.url.split("://")[1]: s for s in servers}
-    for rec in interrupted:
+    for rec in interrupted:  # the client confirmed each cancel before it exited
         server = by_name[rec["server"]]
-        for _ in range(100):
-            queue = server.get("/queue")
-            if not any(item[1] == rec["prompt_id"] for k in ("queue_running", "queue_pending") for item in queue[k]):
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError(f"prompt {rec['prompt_id']} still queued on {rec['server']}")
+        queue = server.get("/queue")
+        assert not any(item[1] == rec["prompt_id"] for k in ("queue_running", "queue_pending") for item in queue[k])
         entry = server.get(f"/history/{rec['prompt_id']}").get(rec["prompt_id"])
         if entry is not None:  # it had started: it ended as interrupted, not as a finished clip
             assert "execution_interrupted" in [m[0] for m in entry["status"]["messages"]], entry["status"]

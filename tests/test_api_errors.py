@@ -159,3 +159,24 @@ def test_private_server_for_a_keyframe_chain(pair_of_servers, tmp_path):
     segments = sorted(os.listdir(tmp_path / "chain_segments"))
     assert [f for f in segments if f.endswith(".mp4")] == ["0000_k00_k01.mp4", "0001_k01_k02.mp4"]
     assert video_info(str(out)) == {**VIDEO, "frames": 2 * 5 - 1}  # the shared keyframe frame once
+
+
+def test_timeout_interrupts_and_requeues_within_the_retry_bound(pair_of_servers, tmp_path):
+    s = pair_of_servers
+    a, b = keyframes(str(tmp_path / "keys"), 2, seed=6)
+    slow = tiny_workflow(str(tmp_path / "slow.json"), s["weights"], steps=30)
+    proc = cli("run", "--start", a, "--end", b, "-o", tmp_path / "x.mp4", "--workflow", slow, "--server", s["good"].url,
+               "--no-progress", "--timeout", "0.5", "--retries", "1")
+    assert proc.returncode == 1, failure(proc)
+    records = manifest(str(tmp_path))
+    assert [r["status"] for r in records] == ["running", "requeued", "running", "failed"]
+    assert "ran over --timeout 0.5 s" in records[1]["error"]
+    assert records[-1]["error"].startswith("gave up after 2 attempts")
+    queue = s["good"].get("/queue")
+    held = {item[1] for key in ("queue_running", "queue_pending") for item in queue[key]}
+    for rec in (records[0], records[2]):  # the client left no timed-out prompt running on the server
+        assert rec["prompt_id"] not in held
+        entry = s["good"].get(f"/history/{rec['prompt_id']}").get(rec["prompt_id"])
+        if entry is not None:  # None: dropped from the queue before it started
+            assert "execution_interrupted" in [m[0] for m in entry["status"]["messages"]], entry["status"]
+    assert not (tmp_path / "x.mp4").exists()
