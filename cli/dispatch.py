@@ -266,6 +266,8 @@ class Dispatcher:
         finally:
             srv.in_flight.pop(pid, None)
             srv.client.unwatch(pid)
+            if watch.done.done() and not watch.done.cancelled():
+                watch.done.exception()  # retrieved: a ServerLost set by mark_dead is handled above
 
     async def _answers(self, srv: ServerSlot) -> bool:
         try:

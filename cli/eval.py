@@ -157,8 +157,9 @@ def client_generator(args, manifest, frames_dir: str):
             return
         dispatcher = dispatch(args, jobs, manifest, model_dirs, nodes)
         print(summary(dispatcher, jobs))
-        if exit_code(jobs):
-            raise SystemExit(exit_code(jobs))
+        code = exit_code(jobs, dispatcher.stopping)
+        if code:
+            raise SystemExit(code)
         done["jobs"] = jobs
 
     def generate(pair, variant, keys):

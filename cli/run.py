@@ -207,7 +207,7 @@ def build_jobs(pairs: list[Pair], prompt: dict, nodes: tuple[str, str], manifest
     jobs = []
     for pair in pairs:
         key = manifest.key(pair.output)
-        meta = {"start": pair.start, "end": pair.end}
+        meta = {"start": os.path.abspath(pair.start), "end": os.path.abspath(pair.end)}
         problem = keyframe_problem(pair.start) or keyframe_problem(pair.end)
         if problem:
             jobs.append(Job(key, pair.output, None, meta=meta, error=problem))
@@ -242,8 +242,8 @@ def dispatch(args, jobs: list, manifest, model_dirs: dict[str, str], skip_nodes:
     return dispatcher
 
 
-def exit_code(jobs: list) -> int:
-    if any(j.status == "interrupted" for j in jobs):
+def exit_code(jobs: list, interrupted: bool = False) -> int:
+    if interrupted or any(j.status == "interrupted" for j in jobs):
         return 130
     return 1 if any(j.status in ("failed", "pending") for j in jobs) else 0
 
@@ -301,7 +301,7 @@ def main(args: argparse.Namespace) -> int:
         log.warning("interrupted before anything was queued")
         return 130
     print(summary(dispatcher, jobs))
-    code = exit_code(jobs)
+    code = exit_code(jobs, dispatcher.stopping)
     if args.keyframes and code == 0:
         join_segments([p.output for p in pairs], args.output)
         print(f"joined {len(pairs)} segments into {args.output}")

@@ -59,7 +59,6 @@ def table(rows: list[dict]) -> str:
 
 def main(args: argparse.Namespace) -> int:
     from .workflow import WorkflowError
-    args.keyframes = None
     try:
         prompt, nodes, _ = build_prompt(args)
     except WorkflowError as e:
