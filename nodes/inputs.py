@@ -53,8 +53,8 @@ def guidance_inputs() -> dict[str, io.Input]:
                                "plain SVD from the start frame. Not used by the vibid modes."),
         io.Combo.Input("execution", options=list(EXECUTIONS), default="auto",
                        tooltip="Same video, different speed and memory: batched is fastest and needs the most memory, "
-                               "sequential needs less and is slower, auto picks batched when it fits. Out of memory? "
-                               "Use sequential."),
+                               "sequential needs less and is slower, lowvram needs the least and is slowest (small "
+                               "GPUs); auto picks the fastest that fits. Out of memory? Pick sequential or lowvram."),
         io.Combo.Input("guidance", options=list(GUIDANCE), default="constant", optional=True,
                        tooltip="constant: the same cfg on every frame (the paper). linear: weaker guidance near each "
                                "keyframe, rising to cfg (SVD's usual video guidance)."),
