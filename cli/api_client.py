@@ -123,6 +123,8 @@ class ComfyClient:
         self.watches: dict[str, Watch] = {}
         self.queue_remaining = 0
         self._ws_task: asyncio.Task | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self.connections = 0  # websocket connections made (reconnects included)
         self.ws_connected = asyncio.Event()
         self.ws_lost = asyncio.Event()
 
@@ -267,6 +269,8 @@ class ComfyClient:
             raise ServerLost(f"{self.url}: websocket: {type(e).__name__}: {e}") from e
         self.ws_lost.clear()
         self.ws_connected.set()
+        self.connections += 1
+        self.ws = ws
         self._ws_task = asyncio.create_task(self._read(ws))
 
     async def stop_listening(self) -> None:

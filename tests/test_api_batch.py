@@ -122,7 +122,8 @@ def test_ctrl_c_then_rerun_generates_only_the_missing_pairs(farm, tmp_path):
     keys = os.path.dirname(keyframes(str(tmp_path / "keys"), 13, seed=5)[0])
     out = str(tmp_path / "out")
     wf = tiny_workflow(str(tmp_path / "slow.json"), farm["weights"], steps=4)
-    args = ["run", "--folder", keys, "-o", out, "--workflow", wf, *urls(servers), *TINY_FLAGS]
+    # two in flight per server: Ctrl-C finds prompts both running and waiting in the servers' queues
+    args = ["run", "--folder", keys, "-o", out, "--workflow", wf, *urls(servers), "--per-server", "2", *TINY_FLAGS]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.time() + 300

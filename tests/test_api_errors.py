@@ -180,3 +180,43 @@ def test_timeout_interrupts_and_requeues_within_the_retry_bound(pair_of_servers,
         if entry is not None:  # None: dropped from the queue before it started
             assert "execution_interrupted" in [m[0] for m in entry["status"]["messages"]], entry["status"]
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_websocket_drop_mid_prompt_reconnects_and_keeps_the_prompt(pair_of_servers, tmp_path):
+    """The websocket closes while the server still runs the prompt: the client reconnects, asks the server
+    about the prompt and waits for it; nothing is re-queued or generated twice."""
+    import asyncio
+
+    from svd_inbetween.cli.dispatch import Dispatcher, Settings
+    from svd_inbetween.cli.manifest import Manifest
+    from svd_inbetween.cli.run import Pair, build_jobs
+    from svd_inbetween.cli.workflow import keyframe_nodes, load_workflow
+    s = pair_of_servers
+    a, b = keyframes(str(tmp_path / "keys"), 2, seed=8)
+    prompt = load_workflow(tiny_workflow(str(tmp_path / "slow.json"), s["weights"], steps=12))
+    out = tmp_path / "out"
+    m = Manifest(str(out))
+    jobs = build_jobs([Pair(a, b, str(out / "x.mp4"))], prompt, keyframe_nodes(prompt), m)
+    dispatcher = Dispatcher([s["good"].url], m, Settings(progress=False, timeout=120))
+    before = prompts_run([s["good"]])
+    dropped = []
+
+    async def drop_mid_prompt():
+        run = asyncio.create_task(dispatcher.run_async(dispatcher.triage(jobs)))
+        srv = dispatcher.servers[0]
+        for _ in range(2400):
+            if any(w.step for w in srv.in_flight.values()):
+                dropped.append(srv.client.connections)
+                await srv.client.ws.close()
+                break
+            await asyncio.sleep(0.05)
+        await run
+        return srv.client.connections
+
+    connections = asyncio.run(drop_mid_prompt())
+    assert dropped == [1] and connections == 2, (dropped, connections)
+    assert jobs[0].status == "done", jobs[0].error
+    assert [r["status"] for r in manifest(str(out))] == ["running", "done"]
+    assert prompts_run([s["good"]]) - before == 1
+    from comfy_job import video_info
+    assert video_info(str(out / "x.mp4")) == VIDEO
