@@ -186,16 +186,16 @@ class Dispatcher:
                                 phases={k: round(v, 4) for k, v in job.phases.items()},
                                 files=[self.manifest.key(f) for f in job.files], **rec)
             self._advance()
-        elif outcome == "retry" and job.attempts <= self.settings.retries and not self.stopping:
+        elif outcome == "interrupted" or (outcome == "retry" and self.stopping):
+            job.status = "interrupted"
+            self.manifest.write(job.key, "interrupted", error="interrupted (Ctrl-C)", **rec)
+        elif outcome == "retry" and job.attempts <= self.settings.retries:
             srv.requeued += 1
             job.avoid.add(srv.name)
             self.manifest.write(job.key, "requeued", error=error, **rec)
             log.warning("%s: %s; re-queued (attempt %d of %d)", job.key, error, job.attempts + 1,
                         self.settings.retries + 1)
             pending.appendleft(job)
-        elif outcome == "interrupted" or self.stopping:
-            job.status = "interrupted"
-            self.manifest.write(job.key, "interrupted", error="interrupted (Ctrl-C)", **rec)
         else:
             if outcome == "retry":
                 srv.requeued += 1
@@ -263,6 +263,9 @@ class Dispatcher:
             if posted:
                 await srv.client.cancel(pid)
             return "interrupted", ""
+        except Exception as e:  # a bug or an answer this client does not understand: fail the pair, say why
+            log.exception("%s on %s", job.key, srv.name)
+            return "failed", f"client error: {type(e).__name__}: {e}"
         finally:
             srv.in_flight.pop(pid, None)
             srv.client.unwatch(pid)
