@@ -23,11 +23,16 @@ def add_parser(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def default_file_name(delta: bool, fp16: bool) -> str:
+    """The name `convert` gives its output in a folder; the shipped workflows load the name that README's
+    convert command (--base, --fp16) writes."""
+    return DEFAULT_NAME + ("_delta" if delta else "") + ("_fp16" if fp16 else "") + ".safetensors"
+
+
 def output_path(args: argparse.Namespace) -> str:
     if not os.path.isdir(args.output):
         return args.output
-    name = DEFAULT_NAME + ("_delta" if args.base else "") + ("_fp16" if args.fp16 else "") + ".safetensors"
-    return os.path.join(args.output, name)
+    return os.path.join(args.output, default_file_name(bool(args.base), args.fp16))
 
 
 def run(args: argparse.Namespace) -> int:

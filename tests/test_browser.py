@@ -1,14 +1,19 @@
 """Server tier: the pack as a ComfyUI user meets it, in the real frontend in headless Chromium.
 
-Starts ComfyUI (main.py) with the pack and the tiny test loader, opens the web UI, and for
-every UI-format workflow in workflows/: opens it from the template browser, checks that no
-missing-node or error dialog shows, screenshots the graph, swaps in the tiny models in the
-page, checks the prompt the frontend builds equals the API twin's tiny prompt, queues it and
-waits for success. Also: every pack node is found by the node search box, and every input
-of every pack node shows its tooltip when hovered.
+Starts ComfyUI (main.py) with the pack and the tiny test loader, opens the web UI and, through
+that frontend's own UI (1.27 on ComfyUI 0.3.64, 1.35 on 0.8, 1.49 on 0.33; see browser_ui.py):
+- finds every pack node with the node search box and reads every input's tooltip on hover;
+- opens the node help page of SVDInbetweenSampler (web/docs) from the selection toolbox;
+- shows each template's thumbnail in the template browser;
+- opens every shipped workflow from the template browser: no missing node, the missing model
+  files named with their folders, the graph screenshotted, the tiny models swapped in the page,
+  the prompt the frontend builds equal to the API twin as this host reads it, queued and run;
+- opens the app template in app mode (1.49) and runs it from the app's Run button;
+- shows an error for a missing node type and for a bad weights file.
 
 Needs Debian `chromium` and Playwright for Python (.ci/run installs both). Screenshots land in
-the test's tmp_path and, when SVD_INBETWEEN_SCREENSHOT_DIR is set, are copied there.
+the test's tmp_path; SVD_INBETWEEN_SCREENSHOT_DIR=docs/screenshots copies them there, and
+SVD_INBETWEEN_THUMBNAIL_DIR=workflows writes the templates' .jpg thumbnails.
 """
 from __future__ import annotations
 
@@ -16,48 +21,51 @@ import json
 import os
 import shutil
 import sys
-import time
 
 import pytest
 
+import browser_ui as bui
 from host import REPO
+from ui_format import api_as_host_reads, workflow_names
 
 pytestmark = pytest.mark.server
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 UI_DIR = os.path.join(REPO, "workflows")
 API_DIR = os.path.join(UI_DIR, "api")
+HELP_DIR = os.path.join(REPO, "web", "docs")
+MODULE = "svd_inbetween"  # the pack's folder name in custom_nodes/: its entry in the template browser
 PACK_MODULE = "custom_nodes.svd_inbetween"
+HELP_NODE = "SVDInbetweenSampler"
 KNOWN_NODES = {"SVDInbetweenConditioning", "SVDInbetweenLoadBackwardWeights", "SVDInbetweenSampler",
-               "SVDInbetweenGuider", "SVDInbetweenRecurrentEuler"}
+               "SVDInbetweenGuider", "SVDInbetweenRecurrentEuler", "SVDInbetweenViBiDSampler", "SVDInbetweenChain"}
+LINEAR_MODE = (1, 35)  # the first tested frontend that opens a workflow saved with extra.linearMode as an app
+APP_VIEW = (1, 49)  # the first tested frontend with the template browser's App view
 VIEWPORT = {"width": 1280, "height": 800}
 SCALE = 2  # HiDPI screenshots (2560x1600): node text stays readable when a wide graph is fit to the window
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
-# Set before the page loads: skip the templates dialog, draw node text even zoomed out (readable
-# screenshots), hide the minimap and the FPS box, show tooltips after 100 ms instead of 500.
-UI_SETTINGS = {"Comfy.TutorialCompleted": True, "LiteGraph.Canvas.MinFontSizeForLOD": 1,
-               "Comfy.Minimap.Visible": False, "Comfy.Graph.CanvasInfo": False,
-               "LiteGraph.Node.TooltipDelay": 100}
+# Set before the page loads: skip the templates dialog and the app-mode tour, draw node text even zoomed
+# out (readable screenshots), hide the minimap and the FPS box, show tooltips after 100 ms instead of 500.
+UI_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.OnboardingCoachmarks.Seen": ["appMode", "firstRun"],
+               "LiteGraph.Canvas.MinFontSizeForLOD": 1, "Comfy.Minimap.Visible": False,
+               "Comfy.Graph.CanvasInfo": False, "LiteGraph.Node.TooltipDelay": 100}
 
-# Visible error surfaces: dialogs (missing nodes, prompt errors) and error toasts.
-JS_ERRORS = """() => [...document.querySelectorAll('.p-dialog, .p-toast-message-error')]
-    .filter(e => e.getClientRects().length && !e.classList.contains('invisible-dialog-root'))
-    .map(e => e.innerText.trim().slice(0, 400))"""
-JS_FRAME = "() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))"
-JS_SWAP = """([oldId, newType]) => {
-    const g = app.graph, old = g.getNodeById(oldId), neu = LiteGraph.createNode(newType);
+# node ids are numbers up to frontend 1.35 and strings on 1.49: look a saved id up either way
+JS_BY_ID = "const byId = (id) => app.graph.getNodeById(id) ?? app.graph.getNodeById(Number(id)) ?? app.graph.getNodeById(String(id));"
+JS_SWAP = """([oldId, newType]) => {""" + JS_BY_ID + """
+    const g = app.graph, old = byId(oldId), neu = LiteGraph.createNode(newType);
     neu.pos = [...old.pos];
     g.add(neu);
     const targets = [];
     old.outputs.forEach((out, i) => (out.links || []).forEach(id => {
-        const l = g.links.get(id); targets.push([i, l.target_id, l.target_slot]); }));
+        const l = g.links.get ? g.links.get(id) : g.links[id]; targets.push([i, l.target_id, l.target_slot]); }));
     g.remove(old);
-    for (const [i, tid, ts] of targets) neu.connect(i, g.getNodeById(tid), ts);
+    for (const [i, tid, ts] of targets) neu.connect(i, byId(tid), ts);
     return neu.id;
 }"""
-JS_SET_WIDGETS = """([nodeId, values]) => {
-    const n = app.graph.getNodeById(nodeId), missing = [];
+JS_SET_WIDGETS = """([nodeId, values]) => {""" + JS_BY_ID + """
+    const n = byId(nodeId), missing = [];
     for (const [k, v] of Object.entries(values)) {
         const w = (n.widgets || []).find(w => w.name === k);
         if (!w) { missing.push(k); continue; }
@@ -106,13 +114,28 @@ def _chromium() -> str:
     return path
 
 
-def ui_workflows() -> list[str]:
-    return sorted(f[:-5] for f in os.listdir(UI_DIR) if f.endswith(".json"))
+def load(folder: str, name: str) -> dict:
+    with open(os.path.join(folder, name + ".json")) as f:
+        return json.load(f)
+
+
+def keep(shot: str, name: str) -> None:
+    """Copy a screenshot to SVD_INBETWEEN_SCREENSHOT_DIR (e.g. docs/screenshots) when set."""
+    target = os.environ.get("SVD_INBETWEEN_SCREENSHOT_DIR")
+    if target:
+        os.makedirs(target, exist_ok=True)
+        shutil.copy(shot, os.path.join(target, name))
+
+
+def assert_png(path: str, min_bytes: int = 20_000) -> None:
+    with open(path, "rb") as f:
+        png = f.read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > min_bytes, path  # a drawn page, not a blank one
 
 
 @pytest.fixture(scope="module")
 def ui(tmp_path_factory):
-    """(server, page, base, weights name, /object_info) with the UI open on a live server."""
+    """(server, page, base, weights name, /object_info, frontend version) with the UI open on a live server."""
     chromium = _chromium()
     sys.path.insert(0, HERE)
     from comfy_job import prepare_base
@@ -133,12 +156,26 @@ def ui(tmp_path_factory):
             page.goto(server.url)
             page.wait_for_function("() => window.app && window.app.graph && window.app.vueAppReady",
                                    timeout=120_000)
-            page.evaluate(JS_FRAME)
-            assert page.evaluate(JS_ERRORS) == [], "error shown on first load"
-            yield server, page, base, weights, server.get("/object_info")
+            page.evaluate(bui.JS_FRAME)
+            page.wait_for_timeout(1000)
+            # 1.49's default graph names models this server lacks; nothing shown may concern the pack
+            shown = bui.errors(page)
+            assert not [e for e in shown if "svd" in e.lower()], f"error about the pack on first load: {shown}"
+            bui.dismiss_errors(page)
+            info = server.get("/object_info")
+            yield server, page, base, weights, info, bui.frontend_version(page)
             assert not [e for e in console if "svd" in e.lower()], console
         finally:
             browser.close()
+
+
+@pytest.fixture(autouse=True)
+def closed_dialogs(ui):
+    """Each test starts on a bare canvas: a failed test leaves no dialog or error behind for the next."""
+    yield
+    page = ui[1]
+    bui.close_templates(page)
+    bui.dismiss_errors(page)
 
 
 def pack_nodes(info: dict) -> dict:
@@ -147,53 +184,31 @@ def pack_nodes(info: dict) -> dict:
     return nodes
 
 
-def blank_graph(page) -> None:
-    page.keyboard.press("Escape")
-    page.evaluate("() => { app.graph.clear(); app.canvas.ds.scale = 1; app.canvas.ds.offset = [0, 0];"
-                  " app.canvas.setDirty(true, true); }")
-    page.evaluate(JS_FRAME)
-
-
-def open_search(page):
-    """Double-click on empty canvas opens the node search box (retried: a busy page can drop it)."""
-    box = page.locator("input[id^='comfy-vue-node-search-box-input']")
-    for _ in range(3):
-        page.mouse.click(600, 300)  # reset the canvas pointer state, then wait out the double-click window
-        page.wait_for_timeout(500)
-        page.mouse.dblclick(700, 450)
-        try:
-            box.wait_for(state="visible", timeout=5_000)
-            return box
-        except Exception:  # playwright TimeoutError
-            page.keyboard.press("Escape")
-    raise AssertionError("double-click on the empty canvas did not open the node search box (3 tries)")
-
-
 def test_node_search_finds_every_pack_node(ui):
-    server, page, _, _, info = ui
+    server, page, _, _, info, _ = ui
     for node_id, spec in sorted(pack_nodes(info).items()):
-        blank_graph(page)
+        bui.blank_graph(page)
         words = spec["display_name"].split()
         query = " ".join(words[1:] or words).lower()
         query = query[:max(3, len(query) - 2)]  # part of the name, e.g. "inbetween recurrent eul"
-        box = open_search(page)
-        box.fill(query)
-        option = page.locator(f"li.p-autocomplete-option[aria-label='{spec['display_name']}']")
-        option.wait_for(state="visible", timeout=10_000)
-        option.click()
+        bui.search_and_add(page, query, spec["display_name"])
+        page.wait_for_function("() => app.graph.nodes.length > 0", timeout=10_000)
         added = page.evaluate("() => app.graph.nodes.map(n => n.type)")
         assert added == [node_id], f"search {query!r} then click: graph has {added}, wanted {node_id}"
-    blank_graph(page)
+    bui.blank_graph(page)
 
 
 def test_every_input_shows_its_tooltip_on_hover(ui):
-    server, page, _, _, info = ui
+    server, page, _, _, info, _ = ui
     read = 0
     for node_id, spec in sorted(pack_nodes(info).items()):
-        blank_graph(page)
-        nid = page.evaluate("(t) => { const n = LiteGraph.createNode(t); n.pos = [150, 120]; app.graph.add(n);"
-                            " app.canvas.setDirty(true, true); return n.id; }", node_id)
-        page.evaluate(JS_FRAME)
+        bui.blank_graph(page)
+        nid = bui.add_node(page, node_id, (150, 120))
+        # a tall node (the chain) is zoomed out to fit the window, so every input can be hovered
+        page.evaluate("(id) => { const n = app.graph.getNodeById(id), h = n.size[1] + 160;"
+                      " app.canvas.ds.scale = Math.min(1, window.innerHeight / h); app.canvas.setDirty(true, true); }",
+                      nid)
+        page.evaluate(bui.JS_FRAME)
         for section in ("required", "optional"):
             for name, ispec in spec["input"].get(section, {}).items():
                 want = ispec[1].get("tooltip") if len(ispec) > 1 else None
@@ -206,115 +221,254 @@ def test_every_input_shows_its_tooltip_on_hover(ui):
                 tip.wait_for(state="visible", timeout=5_000)
                 assert tip.inner_text().strip() == want.strip(), f"{node_id}.{name}"
                 read += 1
-    assert read >= 30  # 5 known nodes have 41 inputs
+    assert read >= 60  # 7 pack nodes, 70+ inputs
     page.mouse.move(5, 5)
-    blank_graph(page)
+    bui.blank_graph(page)
 
 
-def open_template(page, module: str, name: str) -> None:
-    """The user's path: sidebar Templates -> Custom Nodes / <pack> -> the workflow's card."""
-    page.click("button.templates-tab-button")
-    dialog = page.locator(".p-dialog")
-    dialog.get_by_text(module, exact=True).click()
-    dialog.locator(f"[data-testid='template-workflow-{name}']").click()
-    dialog.wait_for(state="hidden", timeout=30_000)
+def test_node_help_panel_shows_the_help_page(ui, tmp_path):
+    """The node's help page (web/docs/<NodeId>.md, served through WEB_DIRECTORY) in the frontend's help view."""
+    server, page, _, _, _, version = ui
+    path = os.path.join(HELP_DIR, HELP_NODE + ".md")
+    assert os.path.isfile(path), f"{path} missing: the help pages are served from web/docs/"
+    with open(path, encoding="utf-8") as f:
+        heading, sentence = bui.markdown_heading_and_sentence(f.read())
+    bui.blank_graph(page)
+    nid = bui.add_node(page, HELP_NODE, (320, 260))
+    with page.expect_response(lambda r: f"/extensions/{MODULE}/docs/{HELP_NODE}" in r.url and r.ok) as got:
+        help_view = bui.open_node_help(page, nid)
+    assert got.value.url.endswith(".md"), got.value.url
+    page.wait_for_function("([el, h]) => el.innerText.includes(h)", arg=[help_view.element_handle(), heading],
+                           timeout=10_000)
+    text = " ".join(help_view.inner_text().split())
+    assert heading in text and sentence in text, (heading, sentence, text[:400])
+    page.evaluate(bui.JS_FRAME)
+    shot = str(tmp_path / "help.png")
+    page.screenshot(path=shot)
+    assert_png(shot)
+    keep(shot, f"help_panel_{HELP_NODE}_frontend_{'.'.join(map(str, version[:2]))}.png")
+    page.keyboard.press("Escape")
+    bui.dismiss_errors(page)
+    page.evaluate("() => document.querySelector('.comfy-vue-side-bar-container') && "
+                  "document.querySelector('button[aria-label^=\"Node Library\"]')?.click()")
+    bui.blank_graph(page)
 
 
-def wait_images(page) -> None:
-    page.wait_for_function("() => app.graph.nodes.filter(n => n.type === 'LoadImage')"
-                           ".every(n => n.imgs && n.imgs.length && n.imgs.every(i => i.complete))",
-                           timeout=30_000)
-    page.evaluate("() => app.canvas.setDirty(true, true)")
-    page.evaluate(JS_FRAME)
+def test_template_browser_lists_every_template_with_its_thumbnail(ui, tmp_path):
+    server, page, _, _, _, version = ui
+    names = workflow_names(UI_DIR)
+    templates = server.get("/api/workflow_templates")
+    assert sorted(templates.get(MODULE, [])) == names, templates
+    thumbs: dict[str, int] = {}
+
+    def seen(response):
+        if response.url.endswith(".jpg"):
+            thumbs[response.url.rsplit("/", 1)[-1]] = response.status
+    page.on("response", seen)
+    dialog = bui.open_templates(page, MODULE)
+    for name in names:
+        card = bui.template_card(dialog, name)
+        card.scroll_into_view_if_needed()
+        # 1.27 shows the .jpg itself, 1.49 a cached blob of it; the placeholder is a 224 px PNG
+        page.wait_for_function("(c) => [...c.querySelectorAll('img')].some(i => i.complete && i.naturalWidth === 512)",
+                               arg=card.element_handle(), timeout=20_000)
+        assert thumbs.get(f"{name}.jpg") == 200, (name, thumbs)
+        assert not [i for i in bui.card_images(card) if "default-template" in i["src"]], bui.card_images(card)
+        assert name in card.inner_text(), (name, card.inner_text())  # the card's title is the file name
+    shot = str(tmp_path / "card.png")
+    bui.template_card(dialog, "svd_inbetween_full").screenshot(path=shot)
+    assert_png(shot, 5_000)
+    keep(shot, f"template_card_svd_inbetween_full_frontend_{'.'.join(map(str, version[:2]))}.png")
+    shot = str(tmp_path / "templates.png")
+    page.screenshot(path=shot)
+    keep(shot, f"templates_frontend_{'.'.join(map(str, version[:2]))}.png")
+    bui.close_templates(page)
+    page.remove_listener("response", seen)
+
+
+def expected_missing_models(ui_json: dict) -> list[dict]:
+    return [m for n in ui_json["nodes"] for m in n.get("properties", {}).get("models", [])]
+
+
+def check_missing_models_shown(page, version, name: str, ui_json: dict) -> None:
+    """Loading a template on a server without the real models: the frontend names each missing file, its
+    folder (not "Unknown") and offers its source; no missing node, nothing else."""
+    models = expected_missing_models(ui_json)
+    shown = bui.wait_errors(page)
+    details = bui.error_details(page)
+    for m in models:
+        assert m["name"] in details, f"{name}: {m['name']} not listed as missing: {details[:800]}"
+        if version >= (1, 35):  # 1.27 lists names only
+            assert m["directory"] in details, f"{name}: folder {m['directory']} not shown: {details[:800]}"
+    assert "Unknown" not in details, f"{name}: a model folder shown as Unknown: {details[:800]}"
+    text = "\n".join(shown) + details
+    assert "missing node" not in text.lower() and "SVDInbetween" not in "\n".join(shown), f"{name}: {text[:800]}"
+    bui.dismiss_errors(page)
+
+
+def swap_in_tiny_models(page, api: dict, want: dict) -> dict:
+    """Replace the checkpoint loader by the tiny test loader and set tiny sizes, as a user edits widgets."""
+    ids = {}
+    for nid, node in want.items():
+        if node["class_type"] != api[nid]["class_type"]:
+            ids[nid] = str(page.evaluate(JS_SWAP, [nid, node["class_type"]]))
+    for nid, node in want.items():
+        changed = {k: v for k, v in node["inputs"].items()
+                   if not isinstance(v, list) and (nid in ids or api[nid]["inputs"].get(k) != v)}
+        if changed:
+            assert page.evaluate(JS_SET_WIDGETS, [ids.get(nid, nid), changed]) == [], (nid, changed)
+    return ids
+
+
+def run_and_check_video(server, page, base: str, name: str, queue=None) -> None:
+    from comfy_job import TINY, video_info
+    with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST",
+                              timeout=60_000) as resp:
+        if queue:
+            queue()
+        else:
+            page.evaluate("() => app.queuePrompt(0)")  # its return value is false even on success (1.27)
+    body = resp.value.json()
+    assert "prompt_id" in body and not body.get("node_errors"), body
+    entry = server.wait(body["prompt_id"], timeout=180)
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    videos = [item for out in entry["outputs"].values() for item in out.get("images", [])]
+    assert videos, entry["outputs"]
+    for v in videos:
+        got = video_info(os.path.join(base, "output", v.get("subfolder", ""), v["filename"]))
+        assert got["width"] == TINY["width"] and got["height"] == TINY["height"], (name, got)
+        assert got["frames"] >= TINY["frames"], (name, got)
+    assert bui.errors(page) == [], f"{name}: error shown after the run"
+
+
+def graph_templates(version) -> list[str]:
+    """Templates opened as node graphs: all of them, except the app on frontends with an app mode."""
+    return [n for n in workflow_names(UI_DIR) if not (n.endswith(".app") and version >= LINEAR_MODE)]
 
 
 def test_shipped_workflows_load_from_template_browser_and_run(ui, tmp_path):
     sys.path.insert(0, HERE)
-    from comfy_job import TINY, tiny_prompt, video_info
+    from comfy_job import tiny_prompt
 
-    server, page, base, weights, _ = ui
-    names = ui_workflows()
-    assert names, "no UI workflows in workflows/"
-    templates = server.get("/api/workflow_templates")
-    module = next((m for m, items in templates.items() if set(names) <= set(items)), None)
-    assert module == "svd_inbetween", templates
+    server, page, base, weights, info, version = ui
     shots = tmp_path / "screenshots"
     shots.mkdir()
-    for name in names:
-        with open(os.path.join(UI_DIR, name + ".json")) as f:
-            ui_json = json.load(f)
-        with open(os.path.join(API_DIR, name + ".json")) as f:
-            api = json.load(f)
-        open_template(page, module, name)
-        loaded = page.evaluate("() => app.graph.nodes.map(n => [n.id, n.type]).sort((a, b) => a[0] - b[0])")
-        assert loaded == sorted([n["id"], n["type"]] for n in ui_json["nodes"]), name
-        wait_images(page)
-        assert page.evaluate(JS_ERRORS) == [], f"{name}: error shown after loading"
+    thumbs_dir = os.environ.get("SVD_INBETWEEN_THUMBNAIL_DIR")
+    for name in graph_templates(version):
+        ui_json, api = load(UI_DIR, name), load(API_DIR, name)
+        bui.open_template(page, MODULE, name)
+        page.wait_for_function("(n) => app.graph.nodes.length === n", arg=len(ui_json["nodes"]), timeout=30_000)
+        loaded = page.evaluate("() => app.graph.nodes.map(n => [String(n.id), n.type])")
+        assert sorted(loaded) == sorted([str(n["id"]), n["type"]] for n in ui_json["nodes"]), name
+        check_missing_models_shown(page, version, name, ui_json)
+        page.wait_for_function("() => app.graph.nodes.filter(n => n.type === 'LoadImage')"
+                               ".every(n => n.imgs && n.imgs.length && n.imgs.every(i => i.complete))",
+                               timeout=30_000)
+        page.evaluate(bui.JS_CLEAR_ERROR_OUTLINES)
+        page.evaluate(bui.JS_FRAME)
         page.screenshot(path=str(shots / f"{name}.png"))
+        assert_png(str(shots / f"{name}.png"))
+        keep(str(shots / f"{name}.png"), f"{name}.png")
+        if thumbs_dir:
+            bui.thumbnail(page, str(shots / f"{name}_thumb.png"), os.path.join(thumbs_dir, f"{name}.jpg"))
 
-        # the tiny models and sizes, changed in the page the way a user edits widgets
         want = tiny_prompt(api, weights)
-        ids = {}
-        for nid, node in want.items():
-            if node["class_type"] != api[nid]["class_type"]:
-                ids[nid] = str(page.evaluate(JS_SWAP, [int(nid), node["class_type"]]))
-        for nid, node in want.items():
-            changed = {k: v for k, v in node["inputs"].items()
-                       if not isinstance(v, list) and (nid in ids or api[nid]["inputs"].get(k) != v)}
-            if changed:
-                assert page.evaluate(JS_SET_WIDGETS, [int(ids.get(nid, nid)), changed]) == [], (name, nid)
+        ids = swap_in_tiny_models(page, api, want)
         expected = {ids.get(nid, nid): {"class_type": n["class_type"],
                                         "inputs": {k: [ids.get(v[0], v[0]), v[1]] if isinstance(v, list) else v
                                                    for k, v in n["inputs"].items()}}
-                    for nid, n in want.items()}
+                    for nid, n in api_as_host_reads(want, info).items()}
         assert page.evaluate(JS_PROMPT) == expected, f"{name}: the frontend's prompt differs from the API twin"
-
-        with page.expect_response(lambda r: r.url.endswith("/api/prompt") and r.request.method == "POST") as resp:
-            page.evaluate("() => app.queuePrompt(0)")  # its return value is false even on success (1.27)
-        body = resp.value.json()
-        assert "prompt_id" in body and not body.get("node_errors"), body
-        entry = server.wait(body["prompt_id"], timeout=120)
-        assert entry["status"]["status_str"] == "success", entry["status"]
-        videos = [item for out in entry["outputs"].values() for item in out.get("images", [])]
-        assert videos, entry["outputs"]
-        for v in videos:
-            got = video_info(os.path.join(base, "output", v.get("subfolder", ""), v["filename"]))
-            assert got["width"] == TINY["width"] and got["height"] == TINY["height"], (name, got)
-            assert got["frames"] >= TINY["frames"], (name, got)
-        assert page.evaluate(JS_ERRORS) == [], f"{name}: error shown after the run"
-
-    for name in names:
-        png = (shots / f"{name}.png").read_bytes()
-        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000, name  # a drawn graph, not a blank page
-    target = os.environ.get("SVD_INBETWEEN_SCREENSHOT_DIR")
-    if target:
-        os.makedirs(target, exist_ok=True)
-        for name in names:
-            shutil.copy(shots / f"{name}.png", os.path.join(target, f"{name}.png"))
+        run_and_check_video(server, page, base, name)
 
 
-def test_error_dialogs_are_detected(ui):
+def test_app_template_opens_in_app_mode_and_runs(ui, tmp_path):
+    """The `.app` template (extra.linearMode) opens as an app where the frontend has an app mode (1.35's
+    linear mode, 1.49's App mode, whose template browser also lists it under the App filter): the graph
+    is hidden, the start and end image are inputs under their labels, and the app's Run button makes
+    the video. On 1.27 it is an ordinary graph, opened and run by the test above."""
+    sys.path.insert(0, HERE)
+    from comfy_job import tiny_prompt
+
+    server, page, base, weights, info, version = ui
+    apps = [n for n in workflow_names(UI_DIR) if n.endswith(".app")]
+    assert apps == ["svd_inbetween.app"]
+    dialog = bui.open_templates(page, MODULE)
+    app_filter = dialog.locator("button", has_text="App")
+    if version < APP_VIEW:
+        assert app_filter.count() == 0, f"frontend {version} has an App filter: lower APP_VIEW"
+    else:
+        app_filter.first.click()
+        page.wait_for_function("(d) => d.querySelectorAll('[data-testid^=\"template-workflow-\"]').length === 1",
+                               arg=dialog.element_handle(), timeout=10_000)
+        listed = dialog.evaluate("d => [...d.querySelectorAll('[data-testid^=\"template-workflow-\"]')]"
+                                 ".map(c => c.getAttribute('data-testid'))")
+        assert listed == ["template-workflow-svd_inbetween.app"], listed
+    if version < LINEAR_MODE:
+        bui.close_templates(page)
+        return
+    ui_json = load(UI_DIR, apps[0])
+    bui.template_card(dialog, apps[0]).click()
+    dialog.wait_for(state="hidden", timeout=30_000)
+    page.wait_for_function("() => app.graph.nodes.length > 0", timeout=30_000)
+    page.locator("canvas#graph-canvas").wait_for(state="hidden", timeout=15_000)  # the graph is hidden
+    if version >= APP_VIEW:  # only the app's chosen inputs, under their labels; the missing models in the app
+        labels = [t.strip() for t in page.locator("[data-testid='builder-widget-label']").all_inner_texts()]
+        assert labels == ["Start frame", "End frame", "seed"], labels
+        warning = page.locator("[data-testid='linear-validation-warning']")
+        assert f"{len(expected_missing_models(ui_json))} errors" in warning.inner_text(), warning.inner_text()
+        run = page.locator("[data-testid='linear-run-button'] button").last
+    else:  # 1.35: every widget, labelled; missing models in a dialog
+        check_missing_models_shown(page, version, apps[0], ui_json)
+        body = page.inner_text("body")
+        assert "Start frame" in body and "End frame" in body, body[:800]
+        run = page.locator("button[aria-label='Run']:visible").last
+    shot = str(tmp_path / "app.png")
+    page.evaluate(bui.JS_FRAME)
+    page.screenshot(path=shot)
+    assert_png(shot)
+    keep(shot, f"svd_inbetween.app_frontend_{'.'.join(map(str, version[:2]))}.png")
+    api = load(API_DIR, apps[0])
+    swap_in_tiny_models(page, api, tiny_prompt(api, weights))
+    run_and_check_video(server, page, base, apps[0], queue=run.click)
+    thumbs_dir = os.environ.get("SVD_INBETWEEN_THUMBNAIL_DIR")
+    if thumbs_dir and version >= APP_VIEW:  # the App card shows the app after a run: inputs, Run, the video
+        page.wait_for_timeout(1500)
+        bui.crop_thumbnail(page, str(tmp_path / "app_thumb.png"), os.path.join(thumbs_dir, apps[0] + ".jpg"),
+                           {"x": VIEWPORT["width"] - 760, "y": 40, "width": 760, "height": 760})
+    if version >= APP_VIEW:
+        page.locator("[data-testid='view-mode-toggle'] button").first.click()  # back to the node graph
+    else:
+        page.get_by_role("button", name="Open Workflow").click()
+    page.locator("canvas#graph-canvas").wait_for(state="visible", timeout=10_000)
+
+
+def test_error_surfaces_are_detected(ui):
     """The checks above can fail: a missing node type and a failing pack node do show in the UI."""
-    server, page, _, _, _ = ui
-    with open(os.path.join(UI_DIR, ui_workflows()[0] + ".json")) as f:
-        wf = json.load(f)
+    server, page, _, _, _, _ = ui
+    wf = load(UI_DIR, "svd_inbetween_full")
     bogus = json.loads(json.dumps(wf))
     bogus["nodes"][0]["type"] = "SVDInbetweenNoSuchNode"
     page.evaluate("(g) => app.loadGraphData(g, true, true, 'bogus')", bogus)
-    page.wait_for_function(f"() => ({JS_ERRORS})().length > 0", timeout=10_000)
-    assert any("SVDInbetweenNoSuchNode" in e for e in page.evaluate(JS_ERRORS))
-    page.keyboard.press("Escape")
-    page.wait_for_function(f"() => ({JS_ERRORS})().length === 0", timeout=10_000)
+    bui.wait_errors(page, 10_000)
+    details = bui.error_details(page)
+    assert "SVDInbetweenNoSuchNode" in details, details[:800]
+    bui.dismiss_errors(page)
+    assert bui.errors(page) == []
 
     page.evaluate("(g) => app.loadGraphData(g, true, true, 'bad_weights')", wf)
+    bui.wait_errors(page, 10_000)  # the missing model files of the template
+    bui.dismiss_errors(page)
     loader = next(n["id"] for n in wf["nodes"] if n["type"] == "ImageOnlyCheckpointLoader")
     page.evaluate(JS_SWAP, [loader, "SVDInbetweenTestTinyModels"])
     nid = next(n["id"] for n in wf["nodes"] if n["type"] == "SVDInbetweenLoadBackwardWeights")
     assert page.evaluate(JS_SET_WIDGETS, [nid, {"weights": "no_such_file.safetensors"}]) == []
     page.evaluate("() => app.queuePrompt(0)")
     # the loader's validate_inputs refuses the missing file when the prompt is queued
-    page.wait_for_function(f"() => ({JS_ERRORS})().length > 0", timeout=60_000)
-    shown = "\n".join(page.evaluate(JS_ERRORS))
-    assert "SVDInbetweenLoadBackwardWeights" in shown and "no_such_file.safetensors" in shown, shown
-    page.keyboard.press("Escape")
-    page.wait_for_function(f"() => ({JS_ERRORS})().length === 0", timeout=10_000)
+    bui.wait_errors(page, 60_000)
+    shown = bui.error_details(page)
+    # 1.27/1.35 show the node's message (node, input, file); 1.49's errors panel lists "<node title> - <input>"
+    assert ("SVDInbetweenLoadBackwardWeights: input 'weights'" in shown and "no_such_file.safetensors" in shown
+            or "Load Backward Weights - weights" in shown), shown[:1500]
+    bui.dismiss_errors(page)
+    assert bui.errors(page) == []

@@ -1,115 +1,293 @@
-"""API-format <-> UI-format (litegraph) workflow conversion, from ComfyUI's node definitions.
+"""API-format <-> UI-format (litegraph) workflows, read the way ComfyUI's frontend reads them.
 
-Used by tools/build_workflows.py to write the UI files and by the tests to check
-that each UI workflow and its API twin describe the same graph.
+Node definitions are dicts shaped like one entry of `/object_info` (`input`, `input_order`,
+`output`, `output_name`, `deprecated`); `definitions()` builds them in-process from the node
+classes, a test against a live server passes `/object_info` itself.
+
+How the frontend reads `widgets_values` (seen on frontends 1.27, 1.35 and 1.49): the node's widgets
+are made from the host's definition, in input order, and take the saved values by position. A
+seed-like input is followed by its "control after generate" value, an image upload by its
+"image" value, a dynamic combo (V3 DynamicCombo) by the widgets of the option it holds, named
+`<combo>.<input>`. Widgets the workflow has no value for keep their defaults; values beyond the
+host's widgets are dropped. A workflow written for the newest host therefore loads on an older
+one as long as the newer widgets come after the shared ones, which `check_workflow` verifies.
 """
 from __future__ import annotations
 
+import os
+
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
+CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
+# combo values that name a file (model, image): a value the host lacks is a missing file, not a wrong value
+FILE_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf", ".png", ".jpg", ".jpeg", ".webp")
 
 
-def _inputs(node_class) -> list[tuple[str, object, dict]]:
+# ---------------------------------------------------------------- definitions
+
+def definition(node_class) -> dict:
+    """What /object_info says about one node class (the parts the conversion needs)."""
+    if hasattr(node_class, "GET_NODE_INFO_V1"):  # V3 nodes describe themselves
+        info = node_class.GET_NODE_INFO_V1()
+        return {k: info[k] for k in ("input", "input_order", "output", "output_name", "deprecated") if k in info}
     spec = node_class.INPUT_TYPES()
+    types = list(node_class.RETURN_TYPES)
+    return {"input": spec, "input_order": {k: list(v) for k, v in spec.items()}, "output": types,
+            "output_name": list(getattr(node_class, "RETURN_NAMES", None) or types),
+            "deprecated": bool(getattr(node_class, "DEPRECATED", False))}
+
+
+def definitions(classes: dict) -> dict:
+    return {name: definition(cls) for name, cls in classes.items()}
+
+
+def is_widget(typ) -> bool:
+    return isinstance(typ, list) or typ in WIDGET_TYPES or typ == DYNAMIC_COMBO
+
+
+def _opts(spec) -> dict:
+    return spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+
+
+def _items(section_specs: dict, order: dict | None = None) -> list[tuple[str, object, dict]]:
     out = []
     for section in ("required", "optional"):
-        for name, value in spec.get(section, {}).items():
-            typ = value[0]
-            opts = value[1] if len(value) > 1 and isinstance(value[1], dict) else {}
-            out.append((name, typ, opts))
+        specs = section_specs.get(section) or {}
+        names = (order or {}).get(section) or list(specs)
+        out += [(name, specs[name][0], _opts(specs[name])) for name in names if name in specs]
     return out
 
 
-def _is_widget(typ) -> bool:
-    return isinstance(typ, list) or typ in WIDGET_TYPES
+def top_inputs(defn: dict) -> list[tuple[str, object, dict]]:
+    """(name, type, options) of the visible inputs, required then optional, in definition order."""
+    return _items(defn.get("input", {}), defn.get("input_order"))
 
 
-def _outputs(node_class) -> list[tuple[str, str]]:
-    types = list(node_class.RETURN_TYPES)
-    names = list(getattr(node_class, "RETURN_NAMES", None) or types)
-    return list(zip(names, types))
+def combo_options(typ, opts: dict) -> list:
+    if typ == DYNAMIC_COMBO:
+        return [o["key"] for o in opts.get("options", [])]
+    return typ if isinstance(typ, list) else list(opts.get("options", []))
 
 
-def widget_values(node_class, inputs: dict) -> list:
-    values = []
-    for name, typ, opts in _inputs(node_class):
-        if not _is_widget(typ) or isinstance(inputs.get(name), list):
+def default_value(typ, opts: dict):
+    """The value a freshly made widget holds (the frontend's rules)."""
+    if "default" in opts:
+        return opts["default"]
+    if isinstance(typ, list) or typ in ("COMBO", DYNAMIC_COMBO):
+        options = combo_options(typ, opts)
+        return options[0] if options else None
+    return {"INT": 0, "FLOAT": 0.0, "STRING": "", "BOOLEAN": False}.get(typ)
+
+
+def _option_inputs(opts: dict, key) -> list[tuple[str, object, dict]]:
+    for option in opts.get("options", []):
+        if option["key"] == key:
+            return _items(option.get("inputs", {}))
+    return []
+
+
+def extra_slots(opts: dict) -> list[str]:
+    """Serialized values that follow a widget's own: control after generate, image upload."""
+    return (["control"] if opts.get("control_after_generate") else []) + (["upload"] if opts.get("image_upload") else [])
+
+
+def walk(defn: dict, value_of) -> list[tuple[str, object, dict]]:
+    """Every input in frontend order; `value_of(name, typ, opts)` is called on each in turn, and a dynamic
+    combo is followed by the inputs of the option it returns."""
+    out = []
+
+    def visit(items, prefix):
+        for name, typ, opts in items:
+            full = prefix + name
+            out.append((full, typ, opts))
+            chosen = value_of(full, typ, opts)
+            if typ == DYNAMIC_COMBO:
+                visit(_option_inputs(opts, chosen), full + ".")
+    visit(top_inputs(defn), "")
+    return out
+
+
+# ---------------------------------------------------------------- reading a UI node as the frontend does
+
+def read_widgets(defn: dict, widgets_values) -> tuple[dict, list[tuple[str, str, object, object, dict]]]:
+    """-> ({widget input: value}, [(input, slot kind, saved value or None, type, options)]) for one node."""
+    if isinstance(widgets_values, dict):  # some frontends save a name -> value map
+        queue, by_name = [], widgets_values
+    else:
+        queue, by_name = list(widgets_values or []), None
+    values, slots = {}, []
+
+    def take(name, kind, typ, opts):
+        if by_name is not None:
+            saved = by_name.get(name) if kind == "value" else None
+        else:
+            saved = queue.pop(0) if queue else None
+        slots.append((name, kind, saved, typ, opts))
+        return saved
+
+    def value_of(name, typ, opts):
+        if not is_widget(typ):
+            return None
+        saved = take(name, "value", typ, opts)
+        for kind in extra_slots(opts):
+            take(name, kind, typ, opts)
+        values[name] = default_value(typ, opts) if saved is None else saved
+        return values[name]
+    walk(defn, value_of)
+    return values, slots
+
+
+def ui_to_api(ui: dict, defs: dict) -> dict:
+    """The API prompt the frontend makes from a UI workflow on the host `defs` describes."""
+    links = {link[0]: link for link in ui["links"]}
+    api = {}
+    for node in ui["nodes"]:
+        defn = defs[node["type"]]
+        linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
+        values, _ = read_widgets(defn, node.get("widgets_values"))
+        inputs = {}
+        for name, typ, _ in walk(defn, lambda n, t, o: values.get(n)):
+            if name in linked:
+                inputs[name] = [str(linked[name][1]), linked[name][2]]
+            elif is_widget(typ):
+                inputs[name] = values[name]
+        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return api
+
+
+def api_as_host_reads(api: dict, defs: dict) -> dict:
+    """An API prompt as the frontend of this host would build it from the same graph: every widget input
+    of the host's definition, with the prompt's value or the host's default; inputs the host lacks dropped."""
+    out = {}
+    for nid, node in api.items():
+        given = node["inputs"]
+        inputs = {}
+        for name, typ, opts in walk(defs[node["class_type"]], lambda n, t, o: given.get(n, default_value(t, o))):
+            if name in given:
+                inputs[name] = given[name]
+            elif is_widget(typ):
+                inputs[name] = default_value(typ, opts)
+        out[nid] = {"class_type": node["class_type"], "inputs": inputs}
+    return out
+
+
+# ---------------------------------------------------------------- checking a UI workflow against a host
+
+def _value_problem(kind: str, value, typ, opts: dict) -> str | None:
+    if kind == "control":
+        return None if value in CONTROL_VALUES else f"control value {value!r} is not one of {CONTROL_VALUES}"
+    if kind == "upload":
+        return None if value == "image" else f"upload value {value!r} should be 'image'"
+    if isinstance(typ, list) or typ in ("COMBO", DYNAMIC_COMBO):
+        if isinstance(value, str) and value.lower().endswith(FILE_EXTS):
+            return None  # a file the user may not have yet: the frontend reports it as missing, not as invalid
+        options = combo_options(typ, opts)
+        return None if value in options else f"{value!r} is not one of {options}"
+    if typ == "BOOLEAN":
+        return None if isinstance(value, bool) else f"{value!r} is not a boolean"
+    if typ == "STRING":
+        return None if isinstance(value, str) else f"{value!r} is not a string"
+    if typ in ("INT", "FLOAT"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (typ == "INT" and value != int(value)):
+            return f"{value!r} is not {'an integer' if typ == 'INT' else 'a number'}"
+        if "min" in opts and value < opts["min"] or "max" in opts and value > opts["max"]:
+            return f"{value!r} is outside [{opts.get('min')}, {opts.get('max')}]"
+    return None
+
+
+def check_workflow(ui: dict, defs: dict) -> list[str]:
+    """What a host's frontend would get wrong with this UI workflow: unknown or deprecated nodes, saved
+    values that land on a widget that cannot hold them, links into inputs the host does not have."""
+    problems = []
+    for node in ui["nodes"]:
+        where = f"node {node['id']} ({node['type']})"
+        defn = defs.get(node["type"])
+        if defn is None:
+            problems.append(f"{where}: no such node type on this host")
             continue
-        values.append(inputs.get(name, opts.get("default")))
-        if opts.get("control_after_generate"):
-            values.append("fixed")
-        if opts.get("image_upload"):
-            values.append("image")
-    return values
+        if defn.get("deprecated"):
+            problems.append(f"{where}: deprecated on this host")
+        values, slots = read_widgets(defn, node.get("widgets_values"))
+        for name, kind, saved, typ, opts in slots:
+            if saved is not None:
+                problem = _value_problem(kind, saved, typ, opts)
+                if problem:
+                    problems.append(f"{where}: widget {name!r}: {problem}")
+        names = {n: t for n, t, _ in walk(defn, lambda n, t, o: values.get(n))}
+        for i in node.get("inputs", []):
+            if i.get("link") is not None and i["name"] not in names:
+                problems.append(f"{where}: linked input {i['name']!r} does not exist on this host")
+    return problems
 
 
-def api_to_ui(api: dict, classes: dict) -> dict:
+# ---------------------------------------------------------------- writing a UI workflow
+
+def api_to_ui(api: dict, defs: dict, properties: dict | None = None, extra: dict | None = None,
+              labels: dict | None = None) -> dict:
+    """A UI workflow for `api` laid out in columns by depth; `properties` adds node properties by node id,
+    `labels` ({node id: {widget: label}}) renames widgets the way the frontend saves a rename."""
     ids = sorted(api, key=int)
     links, nodes = [], []
-    link_id = 0
     out_links: dict[tuple[str, int], list[int]] = {}
     node_inputs: dict[str, list[dict]] = {}
     for nid in ids:
-        node_class = classes[api[nid]["class_type"]]
+        given = api[nid]["inputs"]
         ins = []
-        for name, typ, _ in _inputs(node_class):
-            value = api[nid]["inputs"].get(name)
+        for name, typ, opts in walk(defs[api[nid]["class_type"]], lambda n, t, o: given.get(n, default_value(t, o))):
+            value = given.get(name)
             if isinstance(value, list):
-                link_id += 1
                 src, slot = value
-                src_type = _outputs(classes[api[src]["class_type"]])[slot][1]
-                links.append([link_id, int(src), slot, int(nid), len(ins), src_type])
-                out_links.setdefault((src, slot), []).append(link_id)
-                entry = {"name": name, "type": src_type, "link": link_id}
-                if _is_widget(typ):
+                src_type = defs[api[src]["class_type"]]["output"][slot]
+                links.append([len(links) + 1, int(src), slot, int(nid), len(ins), src_type])
+                out_links.setdefault((src, slot), []).append(len(links))
+                entry = {"name": name, "type": src_type, "link": len(links)}
+                if is_widget(typ):
                     entry["widget"] = {"name": name}
                 ins.append(entry)
-            elif not _is_widget(typ):
+            elif not is_widget(typ):
                 ins.append({"name": name, "type": typ if isinstance(typ, str) else "COMBO", "link": None})
+            elif name in (labels or {}).get(nid, {}):
+                ins.append({"name": name, "type": typ if isinstance(typ, str) else "COMBO", "link": None,
+                            "widget": {"name": name}, "label": labels[nid][name]})
         node_inputs[nid] = ins
-    column: dict[str, int] = {}
+    sources = {nid: [v[0] for v in api[nid]["inputs"].values() if isinstance(v, list)] for nid in ids}
+    column = {nid: 0 for nid in ids}
+    for _ in ids:  # one column per link depth (longest path; ids need not be in graph order)...
+        column = {nid: max([column[src] + 1 for src in sources[nid]], default=0) for nid in ids}
+    for nid in ids:  # ...and a node without inputs right before its first consumer, not far left of it
+        consumers = [column[c] for c in ids if nid in sources[c]]
+        if not sources[nid] and consumers:
+            column[nid] = min(consumers) - 1
     column_bottom: dict[int, int] = {}
     for order, nid in enumerate(ids):
-        node_class = classes[api[nid]["class_type"]]
-        depth = 0
-        for v in api[nid]["inputs"].values():
-            if isinstance(v, list):
-                depth = max(depth, column.get(v[0], 0) + 1)
-        column[nid] = depth
+        defn = defs[api[nid]["class_type"]]
+        given = api[nid]["inputs"]
+        depth = column[nid]
+        names = defn.get("output_name") or defn["output"]
         outs = [{"name": n, "type": t, "links": out_links.get((nid, i), []), "slot_index": i}
-                for i, (n, t) in enumerate(_outputs(node_class))]
-        widgets = widget_values(node_class, api[nid]["inputs"])
+                for i, (n, t) in enumerate(zip(names, defn["output"]))]
+        widgets = []
+        for name, typ, opts in walk(defn, lambda n, t, o: given.get(n, default_value(t, o))):
+            if is_widget(typ):
+                value = given.get(name, default_value(typ, opts))
+                widgets.append(default_value(typ, opts) if isinstance(value, list) else value)
+                widgets += [{"control": "fixed", "upload": "image"}[k] for k in extra_slots(opts)]
         slots = max(len(node_inputs[nid]), len(outs))
         # roughly what the frontend draws: a title, one row per slot and per widget (an image preview for LoadImage)
         height = 40 + 22 * (slots + len(widgets)) + (160 if api[nid]["class_type"] == "LoadImage" else 0)
         top = column_bottom.get(depth, 40)
         column_bottom[depth] = top + height + 40
+        props = {"Node name for S&R": api[nid]["class_type"], **(properties or {}).get(nid, {})}
         node = {"id": int(nid), "type": api[nid]["class_type"], "pos": [40 + 360 * depth, top],
                 "size": [320, height], "flags": {}, "order": order, "mode": 0, "inputs": node_inputs[nid],
-                "outputs": outs, "properties": {"Node name for S&R": api[nid]["class_type"]},
-                "widgets_values": widgets}
+                "outputs": outs, "properties": props, "widgets_values": widgets}
         if "_meta" in api[nid]:
             node["title"] = api[nid]["_meta"]["title"]
         nodes.append(node)
-    return {"last_node_id": max(int(i) for i in ids), "last_link_id": link_id, "nodes": nodes, "links": links,
-            "groups": [], "config": {}, "extra": {}, "version": 0.4}
+    return {"last_node_id": max(int(i) for i in ids), "last_link_id": len(links), "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": dict(extra or {}), "version": 0.4}
 
 
-def ui_to_api(ui: dict, classes: dict) -> dict:
-    """The API prompt the UI graph stands for (widgets by definition order, links by slot)."""
-    links = {link[0]: link for link in ui["links"]}
-    api = {}
-    for node in ui["nodes"]:
-        node_class = classes[node["type"]]
-        linked = {i["name"]: links[i["link"]] for i in node["inputs"] if i.get("link") is not None}
-        values = list(node.get("widgets_values", []))
-        inputs = {}
-        for name, typ, opts in _inputs(node_class):
-            if name in linked:
-                link = linked[name]
-                inputs[name] = [str(link[1]), link[2]]
-            elif _is_widget(typ):
-                inputs[name] = values.pop(0)
-                if opts.get("control_after_generate") or opts.get("image_upload"):
-                    values.pop(0)
-        api[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
-    return api
+def workflow_names(folder: str) -> list[str]:
+    """The templates in a workflows folder (every .json file; the frontend lists each one)."""
+    return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".json"))

@@ -1,7 +1,11 @@
 """Writes workflows/*.json (UI format) and workflows/api/*.json (API twins) from one definition.
 
-Run after changing a node's inputs:  python tools/build_workflows.py
-Widget order comes from the live node definitions in ComfyUI (COMFYUI_PATH).
+Run after changing a node's inputs, against the NEWEST supported ComfyUI:
+    COMFYUI_PATH=~/ComfyUI-0.33 ~/ComfyUI-0.33/.venv/bin/python tools/build_workflows.py
+Widget order and defaults come from that host's node definitions, so each UI file holds every value
+its frontend shows; older hosts read the same file by position and drop the newer widgets (the
+workflow-vs-/object_info test checks every supported host). The API twins are what the newest
+frontend queues for the UI file. Thumbnails (workflows/<name>.jpg) come from tests/test_browser.py.
 """
 from __future__ import annotations
 
@@ -14,10 +18,25 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
-from ui_format import api_to_ui  # noqa: E402
+from host import import_pack  # noqa: E402
+from ui_format import api_as_host_reads, api_to_ui, check_workflow, definitions  # noqa: E402
+
+import_pack()  # this checkout as `svd_inbetween`, whatever else is installed
+from svd_inbetween.cli.convert import default_file_name  # noqa: E402
 
 CKPT = "svd_xt.safetensors"
-BACKWARD = "svd_inbetween_backward.safetensors"
+# what README's `svd-inbetween convert ... -o ComfyUI/models/svd_inbetween/ --base ... --fp16` writes
+BACKWARD = default_file_name(delta=True, fp16=True)
+REPOSITORY = "https://github.com/svd-inbetween/ComfyUI-SVD-Inbetween"
+# node properties.models: the frontend's missing-models list shows each file's folder and source
+MODEL_SOURCES = {
+    "ImageOnlyCheckpointLoader": [{
+        "name": CKPT, "directory": "checkpoints",
+        "url": "https://huggingface.co/stabilityai/stable-video-diffusion-img2vid-xt/resolve/main/svd_xt.safetensors"}],
+    # no direct file: the README says where the authors' release is and how to convert it
+    "SVDInbetweenLoadBackwardWeights": [{
+        "name": BACKWARD, "directory": "svd_inbetween", "url": REPOSITORY + "#backward-motion-weights"}],
+}
 
 
 def conditioning(loader="1"):
@@ -101,18 +120,16 @@ def vibid_custom_advanced():
 
 
 def keyframe_chain():
-    """A loop A -> B -> A: three keyframes batched with ImageBatch, two segments, one video."""
+    """A loop A -> B -> A: the chain takes its three keyframes one per socket, two segments, one video."""
     g = common()
     del g["5"]
-    g["10"] = {"class_type": "ImageBatch", "inputs": {"image1": ["2", 0], "image2": ["3", 0]}}
-    g["11"] = {"class_type": "ImageBatch", "inputs": {"image1": ["10", 0], "image2": ["2", 0]},
-               "_meta": {"title": "Keyframes A, B, A (a loop)"}}
     g["6"] = {"class_type": "SVDInbetweenChain", "inputs": {
-        "model": ["4", 0], "clip_vision": ["1", 1], "vae": ["1", 2], "images": ["11", 0], "width": 1024,
+        "model": ["4", 0], "clip_vision": ["1", 1], "vae": ["1", 2], "width": 1024,
         "height": 576, "frames": "25", "motion_bucket_id": 127, "fps": 7, "augmentation_level": 0.02,
         "resize": "crop", "seed": 42, "steps": 50, "cfg": 2.0, "mode": "gi", "recurrence": 5,
         "recurrence_ratio": 0.5, "forward_weight": 0.5, "execution": "auto", "scheduler": "karras",
-        "cfg_pp": True, "dds": True}}
+        "cfg_pp": True, "dds": True, "keyframe_1": ["2", 0], "keyframe_2": ["3", 0], "keyframe_3": ["2", 0]},
+        "_meta": {"title": "Keyframe chain A, B, A (a loop)"}}
     out = output_nodes(["6", 0])
     del out["7"]
     out["8"]["inputs"]["images"] = ["6", 0]
@@ -121,21 +138,55 @@ def keyframe_chain():
     return g
 
 
+def app():
+    """The full method as an app (frontend 1.49's App view): start and end image and a seed in, a video out."""
+    g = full()
+    g["9"]["inputs"]["filename_prefix"] = "video/svd_inbetween_app"
+    return g
+
+
+# App view (frontend 1.49+): a template whose name ends in ".app" is listed as an app; extra.linearMode opens it
+# in app mode, extra.linearData names the widgets it shows ([node id, widget]) and its output nodes.
+APP_EXTRA = {"linearMode": True, "linearData": {"inputs": [[2, "image"], [3, "image"], [6, "seed"]], "outputs": [9]}}
+
 WORKFLOWS = {"svd_inbetween_full": full, "svd_inbetween_custom_advanced": custom_advanced,
              "svd_inbetween_vibid": vibid, "svd_inbetween_vibid_custom_advanced": vibid_custom_advanced,
-             "svd_inbetween_keyframe_chain": keyframe_chain}
+             "svd_inbetween_keyframe_chain": keyframe_chain, "svd_inbetween.app": app}
+EXTRA = {"svd_inbetween.app": APP_EXTRA}
+# the app lists widgets by label: both image widgets would read "image"
+LABELS = {"svd_inbetween.app": {"2": {"image": "Start frame"}, "3": {"image": "End frame"}}}
+
+
+def model_properties(api: dict) -> dict:
+    return {nid: {"models": MODEL_SOURCES[n["class_type"]]} for nid, n in api.items() if n["class_type"] in MODEL_SOURCES}
+
+
+def build(name: str, defs: dict) -> tuple[dict, dict]:
+    """(API twin, UI workflow) of one template for the host `defs` describes."""
+    api = WORKFLOWS[name]()
+    twin = api_as_host_reads(api, defs)
+    for nid, node in api.items():
+        if "_meta" in node:
+            twin[nid]["_meta"] = node["_meta"]
+    ui = api_to_ui(twin, defs, properties=model_properties(api), extra=EXTRA.get(name), labels=LABELS.get(name))
+    problems = check_workflow(ui, defs)
+    if problems:
+        raise SystemExit(f"{name}: " + "; ".join(problems))
+    return twin, ui
 
 
 def main() -> None:
     from svd_inbetween.cli.comfy_session import ComfySession
     ComfySession(cpu=True)
+    import comfyui_version
     import nodes
-    for name, build in WORKFLOWS.items():
-        api = build()
+    defs = definitions(nodes.NODE_CLASS_MAPPINGS)
+    print(f"node definitions of ComfyUI {comfyui_version.__version__}")
+    for name in WORKFLOWS:
+        twin, ui = build(name, defs)
         with open(os.path.join(REPO, "workflows", "api", f"{name}.json"), "w") as f:
-            json.dump(api, f, indent=2)
+            json.dump(twin, f, indent=2)
             f.write("\n")
-        ui = api_to_ui(api, nodes.NODE_CLASS_MAPPINGS)
         with open(os.path.join(REPO, "workflows", f"{name}.json"), "w") as f:
             json.dump(ui, f, indent=1)
             f.write("\n")
