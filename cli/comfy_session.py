@@ -132,4 +132,6 @@ class ComfySession:
     def node_output(self, node_id: str):
         """The cached Python outputs of a node from the last run (e.g. a LATENT dict)."""
         entry = self.executor.caches.outputs.get(node_id)
+        if inspect.isawaitable(entry):  # 0.33's caches are async
+            entry = asyncio.run(entry)
         return entry.outputs if hasattr(entry, "outputs") else entry
