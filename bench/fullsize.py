@@ -164,10 +164,11 @@ def inbetween_patches(unet):
 
 
 def trace_execution(unet, arch: str, execution: str, frames: int, height: int, width: int, dtype=torch.float16,
-                    rotate: frozenset[str] | None = None, piece_bytes: int | None = None) -> dict:
+                    rotate: frozenset[str] | None = None, piece_bytes: int | None = None, flops: bool = False) -> dict:
     """One fused evaluation (CFG, both directions) laid out as `execution` lays it out, through the
     pack's own patches (`inbetween_patches` must be active; `rotate`: its layers, default all).
-    Returns {"peak": live-tensor bytes, "maps": map bytes held at most, "calls": UNet calls, "ops": aten ops}."""
+    Returns {"peak": live-tensor bytes, "maps": map bytes held at most, "calls": UNet calls, "ops": aten ops},
+    and with `flops` the matmul/convolution FLOPs of the evaluation (flash-style attention not counted)."""
     from ..attention_patch.chunking import low_memory
     from ..attention_patch.feedforward import per_video_feedforward
     from ..attention_patch.run_state import RUN_KEY, InbetweenRun
@@ -177,14 +178,18 @@ def trace_execution(unet, arch: str, execution: str, frames: int, height: int, w
     run = InbetweenRun(rotate_layers=frozenset(_temporal_paths(unet)) if rotate is None else rotate,
                        finetuned=True, active=frozenset(present))
     groups = call_groups(execution, present)
-    with torch.no_grad(), LiveBytes() as live:
+    counter = FlopCounterMode(display=False) if flops else contextlib.nullcontext()
+    with torch.no_grad(), LiveBytes() as live, counter:
         for ids in groups:
             chunked = low_memory(piece_bytes) if execution == "lowvram" else contextlib.nullcontext()
             with per_video_feedforward(len(ids)), chunked:
                 _call(unet, arch, ids, frames, height, width, dtype, {RUN_KEY: run})
     if run.maps:
         raise RuntimeError(f"accounting: {execution} left {len(run.maps)} maps unused")
-    return {"peak": live.peak, "maps": run.peak_map_bytes, "calls": len(groups), "ops": live.ops}
+    out = {"peak": live.peak, "maps": run.peak_map_bytes, "calls": len(groups), "ops": live.ops}
+    if flops:
+        out["flops"] = counter.get_total_flops()
+    return out
 
 
 @torch.no_grad()
@@ -225,7 +230,6 @@ def temporal_attn1_flops(layer: TemporalLayer, frames: int) -> dict[str, int]:
     return {"q_k": 2 * proj, "scores": 2 * r * t * t * c, "v_out": 2 * proj, "probs_v": 2 * r * t * t * c}
 
 
-
 def accounting(arch: str = "full", width: int = 1024, height: int = 576, frames: int = 25, steps: int = 50,
                recurrence: int = 5, recurrence_ratio: float = 0.5, peak_flops: float = H100_BF16_DENSE_FLOPS,
                dtype: torch.dtype = torch.float16) -> dict:
@@ -243,9 +247,8 @@ def accounting(arch: str = "full", width: int = 1024, height: int = 576, frames:
     largest_layer_maps = 2 * max(layer_maps)
     peaks = scheme_peaks(unet, arch, frames, height, width, dtype)
     weights = params * element
-    flops = {"reference": fused * 4 * flops_video, "sequential": fused * (4 * flops_video - 2 * skipped),
-             "batched": fused * (4 * flops_video - 2 * skipped)}
-    weights_of = {"reference": 2 * weights, "sequential": weights + w_prime, "batched": weights + w_prime}
+    flops = {"reference": fused * 4 * flops_video, **{s: fused * (4 * flops_video - 2 * skipped) for s in OURS}}
+    weights_of = {"reference": 2 * weights, **{s: weights + w_prime for s in OURS}}
     memory = {s: {"weights": weights_of[s], "maps": peaks[s]["maps"], "call_peak": peaks[s]["peak"],
                   "total": weights_of[s] + peaks[s]["peak"]} for s in weights_of}
     return {
@@ -255,7 +258,7 @@ def accounting(arch: str = "full", width: int = 1024, height: int = 576, frames:
         "videos_per_fused_evaluation": 4, "qk_flops_skipped_per_backward_video": skipped,
         "peak_flops": peak_flops, "flops": flops,
         "floor_s": {k: v / peak_flops for k, v in flops.items()},
-        "unet_calls": {"reference": 2 * fused, "sequential": 2 * fused, "batched": fused},
+        "unet_calls": {s: peaks[s]["calls"] * fused for s in peaks},
         "maps_per_unet_call": maps_call, "largest_layer_maps": largest_layer_maps,
         "temporal_layers": [l.__dict__ for l in layers], "memory": memory,
     }
@@ -279,13 +282,13 @@ def format_accounting(a: dict) -> list[str]:
         f"  {'scheme':<11} {'UNet calls':>10} {'PFLOP':>8} {'H100 floor s':>12} {'weights':>9} {'maps held':>9} "
         f"{'call peak':>9} {'total GiB':>9}",
     ]
-    for s in ("reference", "sequential", "batched"):
+    for s in a["memory"]:
         m = a["memory"][s]
         lines.append(f"  {s:<11} {a['unet_calls'][s]:>10} {a['flops'][s] / 1e15:>8.2f} {a['floor_s'][s]:>12.1f} "
                      f"{m['weights'] / gib:>9.2f} {m['maps'] / gib:>9.2f} {m['call_peak'] / gib:>9.2f} "
                      f"{m['total'] / gib:>9.2f}")
     lines.append(f"  floor = FLOPs / {a['peak_flops'] / 1e12:.0f} TFLOP/s (H100 SXM bf16 dense peak); call peak = "
                  "live-tensor peak of one fused evaluation traced through the scheme's own code (its attention "
-                 "layers, stored maps included; ours: per-video feed-forwards), flash-style spatial attention, "
-                 "no allocator overhead or kernel workspace; total = weights + call peak")
+                 "layers, stored maps included; ours: per-video feed-forwards, lowvram's pieces), flash-style spatial "
+                 "attention, no allocator overhead or kernel workspace; total = weights + call peak")
     return lines

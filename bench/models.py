@@ -57,27 +57,29 @@ def init_random(module: torch.nn.Module, seed: int, std: float = 0.05) -> None:
 
 
 def svd_base_model(arch: str = "tiny", dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                   seed: int | None = 0):
-    """A ComfyUI `SVD_img2vid` BaseModel; random weights unless on the meta device or seed is None."""
+                   seed: int | None = 0, compute_dtype: torch.dtype | None = None):
+    """A ComfyUI `SVD_img2vid` BaseModel; random weights unless on the meta device or seed is None.
+    compute_dtype: ComfyUI's manual cast (weights stored in `dtype`, layers run in compute_dtype)."""
     import comfy.supported_models
 
     if arch not in ARCH:
         raise ValueError(f"svd-inbetween bench: --arch must be one of {ARCHS}, got {arch!r}")
     mc = comfy.supported_models.SVD_img2vid(unet_config(arch))
     mc.unet_config["num_head_channels"] = ARCH[arch].head_channels
-    mc.set_inference_dtype(dtype, None)
+    mc.set_inference_dtype(dtype, compute_dtype)
     model = mc.get_model({}, device=torch.device(device))
     if seed is not None and torch.device(device).type != "meta":
         init_random(model.diffusion_model, seed)
     return model
 
 
-def svd_patcher(arch: str = "tiny", dtype: torch.dtype = torch.float32, seed: int = 0):
+def svd_patcher(arch: str = "tiny", dtype: torch.dtype = torch.float32, seed: int = 0,
+                compute_dtype: torch.dtype | None = None):
     """`svd_base_model` in a ModelPatcher on ComfyUI's compute device (weights start on the offload device)."""
     import comfy.model_management
     import comfy.model_patcher
 
-    model = svd_base_model(arch, dtype, "cpu", seed)
+    model = svd_base_model(arch, dtype, "cpu", seed, compute_dtype)
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=torch.device("cpu"))
 

@@ -18,7 +18,7 @@ from .reference import REFERENCE_MODES, ReferenceScheme
 
 log = logging.getLogger(__name__)
 
-SCHEMES = ("reference", "sequential", "batched")
+SCHEMES = ("reference", "sequential", "batched", "lowvram")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 TOLERANCE = {"fp32": 1e-4, "fp16": 1e-2, "bf16": 1e-2}
 NODE = "svd-inbetween bench"

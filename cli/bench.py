@@ -3,6 +3,11 @@
 Prints a table per (mode, scheme), the full-size SVD-XT accounting, and as its last line
 one JSON object keyed "<mode>/<scheme>" with unet_calls, wall_s, peak_bytes, map_bytes and
 max_abs_diff (among others).
+
+--cards: the memory of every workflow phase and what `auto` runs on 8..80 GB cards
+(meta device, no run). --check-accounting: run each execution once and print its measured
+peak next to the traced one (e.g. --arch full --dtype bf16 --width 512 --height 288
+--frames 14 --steps 1 --recurrence 0 on a CPU).
 """
 from __future__ import annotations
 
@@ -31,8 +36,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=3, help="runs per scheme; wall time is their median")
     p.add_argument("--modes", default="gi,gi_no_finetune,trf", help="comma-separated: gi, gi_no_finetune, trf")
-    p.add_argument("--schemes", default="reference,sequential,batched",
-                   help="comma-separated; reference (the baseline, required), sequential, batched")
+    p.add_argument("--schemes", default="reference,sequential,batched,lowvram",
+                   help="comma-separated; reference (the baseline, required), sequential, batched, lowvram")
     p.add_argument("--memory-cap-gib", type=float, default=None,
                    help="GPU only: cap PyTorch's allocations (torch.cuda.set_per_process_memory_fraction), e.g. 16: "
                         "shows whether each scheme's peak, in the layout it uses on a big card, fits under it. "
@@ -42,6 +47,16 @@ def add_parser(subparsers) -> None:
                    help="also print the SVD-XT 1024x576x25 FLOP / floor / memory accounting (meta device, ~10 s)")
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="accelerator peak used for the floor (default: H100 SXM bf16 dense)")
+    p.add_argument("--cards", action="store_true",
+                   help="only print the per-phase memory of the GI workflow at 1024x576x25 and 768x432x25 (fp16) and "
+                        "what auto runs on 8, 12, 16, 24, 40 and 80 GB cards (meta device, ~1-2 min on a CPU)")
+    p.add_argument("--check-accounting", action="store_true",
+                   help="instead of comparing schemes, run each of --schemes' executions (sequential, batched, "
+                        "lowvram) once at the given size (gi) and print the measured peak memory next to the "
+                        "traced accounting; uses ComfyUI's PyTorch attention, as the trace assumes, and on a CPU "
+                        "a fixed 128 KiB glibc mmap threshold so that RSS follows live memory")
+    p.add_argument("--default-malloc", action="store_true",
+                   help="with --check-accounting: keep glibc's default (dynamic) mmap threshold")
     p.set_defaults(func=run)
 
 
@@ -58,6 +73,13 @@ def setup_comfyui(path: str | None, cpu: bool) -> None:
 
 def run(args) -> int:
     setup_comfyui(args.comfyui, args.cpu)
+    if args.cards:
+        from ..bench.workflow import SIZES, format_cards, workflow_accounting
+        for line in format_cards([workflow_accounting(w, h, f) for w, h, f in SIZES]):
+            print(line)
+        return 0
+    if args.check_accounting:
+        return check(args)
     import comfy.utils
 
     from ..bench.fullsize import accounting, format_accounting
@@ -91,3 +113,29 @@ def run(args) -> int:
         log.error("svd-inbetween bench: %s differ from the reference by more than %g or are not repeatable",
                   ", ".join(bad), TOLERANCE[s.dtype])
     return 1 if bad else 0
+
+
+def check(args) -> int:
+    from ..bench.check import check_accounting, format_check, prepare
+    fixed = prepare(args.default_malloc)
+    import json
+
+    import comfy.utils
+
+    from ..bench.fullsize import OURS
+    from ..bench.runner import Settings, machine
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    schemes = tuple(x.strip() for x in args.schemes.split(",") if x.strip() and x.strip() != "reference")
+    s = Settings(arch=args.arch, width=args.width, height=args.height, frames=args.frames, steps=args.steps,
+                 recurrence=args.recurrence, recurrence_ratio=args.recurrence_ratio, cfg=args.cfg, seed=args.seed,
+                 repeats=1, dtype=args.dtype, modes=("gi",), schemes=schemes or OURS)
+    try:
+        results = check_accounting(s, s.schemes)
+    except ValueError as e:
+        log.error("%s", e)
+        return 2
+    for line in format_check(s, results, machine() + ("; glibc mmap threshold fixed at 128 KiB" if fixed else "")):
+        print(line)
+    print(json.dumps(results))
+    return 0 if all(r["agrees"] for r in results.values()) else 1

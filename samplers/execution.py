@@ -11,14 +11,23 @@ lowvram: one video per UNet call (forward cond, backward cond, forward uncond,
     sequential, twice its UNet calls, the same FLOPs.
 
 auto picks the fastest layout (batched, then sequential, then lowvram) whose estimated
-peak fits the memory the device has free once ComfyUI has loaded the model. Weights
-ComfyUI left offloaded (its lowvram mode) take no room; their per-layer copies do, and
-are added. The estimate comes from the pack's meta-device tracer (bench/fullsize.py)
+peak fits the memory ComfyUI can give once it has loaded the model (its model patcher's
+free memory where the host has one: 0.33+ also counts weights it can offload on demand).
+Weights ComfyUI left offloaded (its lowvram mode) take no room; their per-layer copies do,
+and are added. The estimate comes from the pack's meta-device tracer (bench/fullsize.py)
 through a fit checked by tests/test_lowvram.py. SVD_INBETWEEN_MEMORY_BUDGET_MB caps what
 auto treats as free (in MiB), e.g. to keep head-room on a shared GPU.
+
+ComfyUI's calc_cond_batch splits a call whose generic estimate (memory_required, about 2x
+the traced peak for SVD) times 1.5 exceeds free memory, which would quietly turn batched
+into sequential on 16-24 GB cards. `CalibratedMemoryRequired` (an object patch on the
+inbetween clone's memory_required) answers with the pack's estimate for the call the guider
+is making, and with ComfyUI's own everywhere else.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import logging
 import math
 import os
@@ -154,13 +163,17 @@ def estimate_bytes(execution: str, u: int, m: int) -> float:
     return a * u + b * m + c * min(PIECE_BYTES, u) + whole
 
 
-def streamed_weight_bytes(model_patcher) -> int:
+def streamed_weight_bytes(model_patcher, device=None) -> int:
     """Per-layer weight copies in flight when ComfyUI keeps part of the model offloaded (its
-    lowvram mode); offloaded weights themselves take no device memory. 0 when fully loaded."""
+    lowvram mode), or may offload it on demand (0.33+: its patcher counts those weights as free);
+    offloaded weights themselves take no device memory. 0 when the model is fully loaded."""
+    import comfy.model_management
     try:
         offloaded = model_patcher.model_size() - model_patcher.loaded_size()
     except (AttributeError, TypeError):
-        return 0
+        offloaded = 0
+    if offloaded <= 0 and device is not None:
+        offloaded = free_memory(model_patcher, device) - comfy.model_management.get_free_memory(device)
     if offloaded <= 0:
         return 0
     largest = max((p.numel() * p.element_size() for p in model_patcher.model.diffusion_model.parameters()), default=0)
@@ -174,5 +187,53 @@ def execution_estimates(model_patcher, base_model, x, rotate_paths) -> dict[str,
     dtype = base_model.manual_cast_dtype or base_model.get_dtype()
     u, m = activation_terms(base_model.diffusion_model, x.shape[0], x.shape[-2], x.shape[-1],
                             comfy.model_management.dtype_size(dtype), rotate_paths)
-    streamed = streamed_weight_bytes(model_patcher)
+    streamed = streamed_weight_bytes(model_patcher, x.device)
     return {e: estimate_bytes(e, u, m) + streamed for e in BY_SPEED}
+
+
+# (batch rows of the call the guider is making, bytes it needs), set around its calc_cond_batch calls.
+_CALL: contextvars.ContextVar[tuple[int, float] | None] = contextvars.ContextVar("svd_inbetween_call", default=None)
+# calc_cond_batch batches when memory_required(shape) * COMFY_MARGIN < free memory.
+COMFY_MARGIN = 1.5
+
+
+@contextlib.contextmanager
+def calibrated_call(rows: int, needed: float):
+    """calc_cond_batch inside this block sees `needed` (bytes, head-room included) for a batch of `rows`."""
+    token = _CALL.set((int(rows), float(needed)))
+    try:
+        yield
+    finally:
+        _CALL.reset(token)
+
+
+class CalibratedMemoryRequired:
+    """Stands in for a BaseModel's memory_required (object patch "memory_required").
+
+    Inside `calibrated_call`, a batch of exactly the guider's rows gets the pack's estimate
+    (divided by ComfyUI's 1.5, which calc_cond_batch multiplies back); every other shape and
+    every call outside it (stock sampling, model loading) gets ComfyUI's own answer.
+    """
+
+    is_svd_inbetween_memory = True
+
+    def __init__(self, original):
+        self.original = original
+
+    def __call__(self, input_shape, *args, **kwargs):
+        call = _CALL.get()
+        if call is not None and input_shape[0] == call[0]:
+            return call[1] / COMFY_MARGIN
+        return self.original(input_shape, *args, **kwargs)
+
+
+def is_calibrated(obj) -> bool:
+    return getattr(obj, "is_svd_inbetween_memory", False) is True
+
+
+def free_memory(model_patcher, device) -> float:
+    """What ComfyUI can give: its patcher's view where the host has one (0.33+: weights it can
+    offload on demand included), else the device's free memory."""
+    import comfy.model_management
+    own = getattr(model_patcher, "get_free_memory", None)
+    return own(device) if callable(own) else comfy.model_management.get_free_memory(device)

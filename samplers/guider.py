@@ -17,7 +17,8 @@ from ..attention_patch.layers import rotate_layers, temporal_attn1_paths
 from ..attention_patch.rotation import flip_frames
 from ..attention_patch.run_state import (BACKWARD_COND, BACKWARD_UNCOND, FORWARD_COND, FORWARD_UNCOND, RUN_KEY,
                                          InbetweenRun, is_backward)
-from .execution import EXECUTIONS, call_groups, choose_execution, execution_estimates
+from .execution import (EXECUTIONS, calibrated_call, call_groups, choose_execution, execution_estimates, free_memory,
+                        needed_bytes)
 from .fusion import fuse
 from .validation import fail
 from .vibid import ANSWERS_MARK, BACKWARD, DIRECTION_KEY, FORWARD, SEQUENTIAL_MARK, SEQUENTIAL_MODES, DirectionRequest
@@ -86,6 +87,7 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
         self.chosen_execution: str | None = None
         self._run: InbetweenRun | None = None
         self._pins: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._needed = 0.0
         self.last_peak_map_bytes = 0
         self._warned_multigpu = False
 
@@ -125,9 +127,10 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
 
     def _execution_for(self, x: torch.Tensor) -> str:
         if self.chosen_execution is None:
-            free = comfy.model_management.get_free_memory(x.device)
+            free = free_memory(self.model_patcher, x.device)
             estimates = execution_estimates(self.model_patcher, self.inner_model, x, self.layers)
             self.chosen_execution = choose_execution(self.execution, free, estimates)
+            self._needed = needed_bytes(estimates[self.chosen_execution])
         return self.chosen_execution
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
@@ -193,8 +196,9 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
             for k, group in enumerate(call_groups(execution, sorted(run.active))):
                 if k:
                     comfy.model_management.throw_exception_if_processing_interrupted()
-                part = comfy.samplers.calc_cond_batch(self.inner_model, [c if i in group else None for i, c in
-                                                                         enumerate(conds)], x, timestep, opts)
+                with calibrated_call(len(group) * x.shape[0], self._needed):  # not re-split by ComfyUI's estimate
+                    part = comfy.samplers.calc_cond_batch(self.inner_model, [c if i in group else None for i, c in
+                                                                             enumerate(conds)], x, timestep, opts)
                 out = list(part) if out is None else [part[i] if i in group else o for i, o in enumerate(out)]
             if run.maps:
                 raise RuntimeError(f"SVD inbetween: {len(run.maps)} attention maps were captured but never used")

@@ -27,14 +27,14 @@ def results(tiny):
 def test_bench_schemes_agree_and_count(results):
     fused = 4
     assert set(results) == {f"{m}/{s}" for m in ("gi", "gi_no_finetune", "trf")
-                            for s in ("reference", "sequential", "batched")}
+                            for s in ("reference", "sequential", "batched", "lowvram")}
     for key, r in results.items():
         mode, scheme = key.split("/")
         assert r["fused_evaluations"] == fused
         assert r["max_abs_diff"] <= 1e-4, key
         assert r["repeatable"], key
         assert r["unet_videos"] == 4 * fused, key  # every scheme evaluates 2 directions x CFG 2
-        assert r["unet_calls"] == (fused if scheme == "batched" else 2 * fused), key
+        assert r["unet_calls"] == {"batched": 1, "lowvram": 4}.get(scheme, 2) * fused, key
         assert r["wall_s"] > 0 and r["peak_bytes"] >= 0
     assert results["gi/reference"]["max_abs_diff"] == 0.0
 
@@ -46,11 +46,13 @@ def test_bench_map_bytes(results, tiny):
     assert results["gi/reference"]["map_bytes"] == expected
     assert results["gi/sequential"]["map_bytes"] == expected  # a forward call's maps wait for the backward call
     assert results["gi/batched"]["map_bytes"] == 0
+    assert 2 * results["gi/lowvram"]["map_bytes"] == expected  # one video's maps wait for its partner's call
     up_only = results["gi_no_finetune/reference"]["map_bytes"]
     assert 0 < up_only < expected
     assert results["gi_no_finetune/sequential"]["map_bytes"] == up_only
     assert results["gi_no_finetune/batched"]["map_bytes"] == 0
-    for scheme in ("reference", "sequential", "batched"):
+    assert 2 * results["gi_no_finetune/lowvram"]["map_bytes"] == up_only
+    for scheme in ("reference", "sequential", "batched", "lowvram"):
         assert results[f"trf/{scheme}"]["map_bytes"] == 0
 
 
@@ -91,10 +93,11 @@ def test_cli_bench_last_line_is_json(tiny, capsys, monkeypatch):
     lines = capsys.readouterr().out.strip().splitlines()
     data = json.loads(lines[-1])
     assert rc == 0
-    assert set(data) == {f"{m}/{s}" for m in ("gi", "trf") for s in ("reference", "sequential", "batched")}
+    assert set(data) == {f"{m}/{s}" for m in ("gi", "trf") for s in ("reference", "sequential", "batched", "lowvram")}
     for r in data.values():
         assert {"unet_calls", "wall_s", "peak_bytes", "map_bytes", "max_abs_diff"} <= set(r)
     assert data["gi/batched"]["unet_calls"] == 3 and data["gi/reference"]["unet_calls"] == 6
+    assert data["gi/lowvram"]["unet_calls"] == 12
     assert any(line.startswith("gi/reference") for line in lines)
 
 
@@ -122,12 +125,13 @@ def test_full_size_accounting_counts_match_analytic_and_scale():
 
     a = fs.accounting(arch="tiny", width=64, height=64, frames=5, steps=50, dtype=torch.float32)
     assert a["fused_evaluations"] == 175
-    assert a["unet_calls"] == {"reference": 350, "sequential": 350, "batched": 175}
+    assert a["unet_calls"] == {"reference": 350, "sequential": 350, "batched": 175, "lowvram": 700}
     memory = a["memory"]
     assert memory["reference"]["weights"] == 2 * a["unet_params"] * 4
     # maps held: the traced reference and sequential code hold exactly one call's maps, batched none
     assert memory["reference"]["maps"] == memory["sequential"]["maps"] == a["maps_per_unet_call"] > 0
     assert memory["batched"]["maps"] == 0
+    assert 2 * memory["lowvram"]["maps"] == a["maps_per_unet_call"]
     assert all(m["call_peak"] > m["maps"] for m in memory.values())
     assert a["floor_s"]["reference"] == pytest.approx(175 * 4 * a["flops_per_video_call"] / fs.H100_BF16_DENSE_FLOPS)
 
@@ -186,3 +190,74 @@ def test_bench_reports_out_of_memory_instead_of_crashing(tiny, monkeypatch):
     assert not seq["oom"] and seq["max_abs_diff"] is None and seq["wall_ratio"] is None
     line = next(x for x in runner.format_table(s, results, "CPU test") if x.startswith("trf/sequential"))
     assert line.split()[-1] == "n/a"
+
+
+@pytest.fixture(scope="module")
+def lowvram_full_size():
+    """The GI workflow's accounting at 1024x576x25 fp16 with the lowvram execution traced (meta device)."""
+    from svd_inbetween.bench.workflow import workflow_accounting
+    return workflow_accounting(1024, 576, 25, executions=("lowvram",))
+
+
+def test_lowvram_fits_an_8gb_card_by_the_accounting(lowvram_full_size):
+    """Every model's fp16 weights + the peak of each phase (CLIP vision, VAE encode, sampling, VAE decode in the
+    batches ComfyUI picks) <= 7.0 GiB, what an 8 GB card leaves; auto runs lowvram there."""
+    from svd_inbetween.bench import workflow as wf
+    acc = lowvram_full_size
+    gib = 2**30
+    plan = wf.card_plan(acc, 8)
+    assert plan["usable"] == 7.0 * gib and plan["auto"] == "lowvram" and plan["decode_frames"] == 1
+    assert plan["total"] <= 7.0 * gib and plan["fits"]
+    assert plan["total"] == wf.weights_total(acc) + max(plan["phases"].values())
+    assert set(plan["phases"]) == {"clip_vision", "vae_encode", "sampling", "vae_decode"}
+    # the model sizes ComfyUI loads: SVD-XT UNet 1.525 B, ViT-H vision tower 632 M, temporal VAE 97.7 M params
+    assert abs(acc["unet_weights"] / 2 - 1.5246e9) < 1e6
+    assert abs(acc["clip_vision_weights"] / 2 - 632.08e6) < 1e5 and abs(acc["vae_weights"] / 2 - 97.74e6) < 1e5
+    low = acc["executions"]["lowvram"]
+    assert low["calls"] == 4 and abs(low["estimate"] / low["peak"] - 1) < 0.02
+    # ComfyUI's decode estimate per frame stays above the traced per-frame peak, so its batches fit
+    assert wf.vae_decode_peak(2, 1024, 576) < 2 * wf.vae(torch.bfloat16).memory_used_decode((2, 4, 72, 128),
+                                                                                           torch.bfloat16)
+
+
+def test_auto_estimate_matches_the_tracer_on_svd_xt():
+    """samplers.execution's fitted estimate (what auto decides with) against the tracer at sizes it was not
+    fitted at, and its analytic map bytes against the maps the traced layers hold."""
+    from svd_inbetween.attention_patch.rotation import map_bytes
+    from svd_inbetween.bench import fullsize as fs
+    from svd_inbetween.bench.models import svd_base_model
+    from svd_inbetween.samplers.execution import activation_terms, estimate_bytes
+    unet = svd_base_model("full", torch.float16, "meta").diffusion_model
+    paths = fs._temporal_paths(unet)
+    for width, height, frames in ((640, 384, 25), (896, 512, 14)):
+        u, m = activation_terms(unet, frames, height // 8, width // 8, 2, paths)
+        _, layers = fs.count_flops(unet, "full", frames, height, width, torch.float16)
+        assert m == sum(map_bytes(layer.rows, layer.heads, frames, 2) for layer in layers)
+        assert u == frames * (height // 8) * (width // 8) * 320 * 2
+        with fs.inbetween_patches(unet):
+            for e in fs.OURS:
+                traced = fs.trace_execution(unet, "full", e, frames, height, width, torch.float16)["peak"]
+                assert abs(estimate_bytes(e, u, m) / traced - 1) < 0.03, (e, width, height, frames)
+
+
+def test_check_accounting_measures_what_the_tracer_predicts(tmp_path):
+    """`svd-inbetween bench --check-accounting` (own process: PyTorch attention, fixed mmap threshold) on the tiny
+    UNet at 256x256x8: every execution's peak RSS above the loaded model within 20% of the traced prediction."""
+    import os
+    import subprocess
+    import sys
+
+    from host import COMFYUI_PATH, REPO
+    env = dict(os.environ, COMFYUI_PATH=COMFYUI_PATH, PYTHONPATH=os.path.dirname(REPO))
+    code = ("import sys, importlib.util; sys.path.insert(0, sys.argv[1]); import host; host.import_pack(); "
+            "from svd_inbetween.cli import main; sys.exit(main(sys.argv[2:]))")
+    proc = subprocess.run([sys.executable, "-c", code, os.path.join(REPO, "tests"), "bench", "--cpu",
+                           "--check-accounting", "--arch", "tiny", "--width", "256", "--height", "256", "--frames", "8",
+                           "--steps", "1", "--recurrence", "0"], env=env, capture_output=True, text=True, timeout=900)
+    data = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert set(data) == {"sequential", "batched", "lowvram"}
+    for e, r in data.items():
+        assert r["agrees"] and abs(r["ratio"] - 1) <= 0.2, (e, r)
+    assert data["lowvram"]["measured_bytes"] < data["sequential"]["measured_bytes"] < data["batched"]["measured_bytes"]
+    assert [data[e]["unet_calls"] for e in ("batched", "sequential", "lowvram")] == [1, 2, 4]
