@@ -35,6 +35,7 @@ _skipped_host: list[str] = []
 def pytest_configure(config):
     config.addinivalue_line("markers", "host: needs a real ComfyUI checkout (COMFYUI_PATH)")
     config.addinivalue_line("markers", "server: starts the real ComfyUI server")
+    config.addinivalue_line("markers", "every_host: CI runs it on every host, also where it runs only the host tier")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -143,6 +143,7 @@ def test_readme_convert_command_writes_the_file_the_workflows_load():
 
 
 @pytest.mark.server
+@pytest.mark.every_host
 def test_workflows_against_the_hosts_object_info(tmp_path):
     from server_harness import ComfyServer
     with ComfyServer(str(tmp_path)) as server:
