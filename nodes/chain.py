@@ -69,8 +69,8 @@ class SVDInbetweenChain(io.ComfyNode):
             description="N keyframes -> one video of N-1 inbetween segments, each keyframe exactly at its segment "
                         "boundary, no repeated frames. The segments are sampled together (one seed, one noise, "
                         "one progress bar); neighbours share and jointly denoise their keyframe frame. Keyframes "
-                        "come one per keyframe_N input or as one IMAGE batch; a loop is A, B, A. With two keyframes it equals SVDInbetweenConditioning "
-                        "(noise_seed = seed) + SVDInbetweenSampler.",
+                        "come one per keyframe_N input or as one IMAGE batch; a loop is A, B, A. With two "
+                        "keyframes it equals SVDInbetweenConditioning (noise_seed = seed) + SVDInbetweenSampler.",
             inputs=[
                 io.Model.Input("model", tooltip="SVD model; for modes gi and vibid_gi, from "
                                                 "SVDInbetweenLoadBackwardWeights."),

@@ -134,9 +134,8 @@ def add_node(page, node_type: str, pos=(300, 250)) -> int:
 
 def click_title(page, nid: int) -> None:
     """Select a node the way a user does: click its title bar."""
-    p = page.evaluate("(id) => { const n = app.graph.getNodeById(id);"
-                      " return app.canvasPosToClientPos([n.pos[0] + 40, n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT / 2]); }",
-                      nid)
+    p = page.evaluate("(id) => { const n = app.graph.getNodeById(id); return app.canvasPosToClientPos("
+                      "[n.pos[0] + 40, n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT / 2]); }", nid)
     page.mouse.click(p[0], p[1])
     page.evaluate(JS_FRAME)
 
@@ -197,6 +196,16 @@ def open_node_help(page, nid: int):
     return help_view
 
 
+def close_node_help(page) -> None:
+    """1.49 shows help in the right-hand panel (its toggle closes it); 1.27/1.35 in the Node Library
+    sidebar (its sidebar button closes it)."""
+    if page.locator("[data-testid='properties-panel']").is_visible():
+        page.locator("button[aria-label='Toggle properties panel']").click()
+    elif page.locator(".node-help-content").is_visible():
+        page.locator("button[aria-label^='Node Library']").first.click()
+    page.locator(".markdown-content").first.wait_for(state="hidden", timeout=10_000)
+
+
 def markdown_heading_and_sentence(text: str) -> tuple[str, str]:
     """The first `# heading` of a help page and the first words of its first paragraph, as rendered text."""
     heading = re.search(r"^#\s+(.+?)\s*$", text, re.M).group(1).strip()
@@ -212,7 +221,8 @@ def markdown_heading_and_sentence(text: str) -> tuple[str, str]:
 # The graph as a user with the model files sees it: no missing-model outline on the loaders.
 JS_CLEAR_ERROR_OUTLINES = """() => { app.graph.nodes.forEach(n => { n.has_errors = false; });
     app.canvas.setDirty(true, true); }"""
-# Fit the pack's nodes but the weights loader (with a margin) into a square in the middle of the window; returns the square in page px.
+# Fit the pack's nodes but the weights loader (with a margin) into a square in the middle of the window;
+# returns the square in page px.
 JS_FRAME_PACK_NODES = """(side) => {
     const nodes = app.graph.nodes.filter(n => n.type.startsWith('SVDInbetween')
                                               && n.type !== 'SVDInbetweenLoadBackwardWeights');

@@ -52,7 +52,8 @@ UI_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.OnboardingCoachmarks.Seen
                "Comfy.Graph.CanvasInfo": False, "LiteGraph.Node.TooltipDelay": 100}
 
 # node ids are numbers up to frontend 1.35 and strings on 1.49: look a saved id up either way
-JS_BY_ID = "const byId = (id) => app.graph.getNodeById(id) ?? app.graph.getNodeById(Number(id)) ?? app.graph.getNodeById(String(id));"
+JS_BY_ID = ("const byId = (id) => app.graph.getNodeById(id) ?? app.graph.getNodeById(Number(id))"
+            " ?? app.graph.getNodeById(String(id));")
 JS_SWAP = """([oldId, newType]) => {""" + JS_BY_ID + """
     const g = app.graph, old = byId(oldId), neu = LiteGraph.createNode(newType);
     neu.pos = [...old.pos];
@@ -247,10 +248,7 @@ def test_node_help_panel_shows_the_help_page(ui, tmp_path):
     page.screenshot(path=shot)
     assert_png(shot)
     keep(shot, f"help_panel_{HELP_NODE}_frontend_{'.'.join(map(str, version[:2]))}.png")
-    page.keyboard.press("Escape")
-    bui.dismiss_errors(page)
-    page.evaluate("() => document.querySelector('.comfy-vue-side-bar-container') && "
-                  "document.querySelector('button[aria-label^=\"Node Library\"]')?.click()")
+    bui.close_node_help(page)
     bui.blank_graph(page)
 
 

@@ -88,7 +88,8 @@ def _option_inputs(opts: dict, key) -> list[tuple[str, object, dict]]:
 
 def extra_slots(opts: dict) -> list[str]:
     """Serialized values that follow a widget's own: control after generate, image upload."""
-    return (["control"] if opts.get("control_after_generate") else []) + (["upload"] if opts.get("image_upload") else [])
+    return ((["control"] if opts.get("control_after_generate") else [])
+            + (["upload"] if opts.get("image_upload") else []))
 
 
 def walk(defn: dict, value_of) -> list[tuple[str, object, dict]]:

@@ -158,7 +158,8 @@ LABELS = {"svd_inbetween.app": {"2": {"image": "Start frame"}, "3": {"image": "E
 
 
 def model_properties(api: dict) -> dict:
-    return {nid: {"models": MODEL_SOURCES[n["class_type"]]} for nid, n in api.items() if n["class_type"] in MODEL_SOURCES}
+    return {nid: {"models": MODEL_SOURCES[n["class_type"]]} for nid, n in api.items()
+            if n["class_type"] in MODEL_SOURCES}
 
 
 def build(name: str, defs: dict) -> tuple[dict, dict]:
