@@ -212,7 +212,8 @@ def test_lowvram_fits_an_8gb_card_by_the_accounting(lowvram_full_size):
     assert set(plan["phases"]) == {"clip_vision", "vae_encode", "sampling", "vae_decode"}
     # the model sizes ComfyUI loads: SVD-XT UNet 1.525 B, ViT-H vision tower 632 M, temporal VAE 97.7 M params
     assert abs(acc["unet_weights"] / 2 - 1.5246e9) < 1e6
-    assert abs(acc["clip_vision_weights"] / 2 - 632.08e6) < 1e5 and abs(acc["vae_weights"] / 2 - 97.74e6) < 1e5
+    # (ComfyUI 0.3.64's CLIP vision class holds 1.3 M more parameters than 0.33's: within 0.3%)
+    assert abs(acc["clip_vision_weights"] / 2 / 632.08e6 - 1) < 3e-3 and abs(acc["vae_weights"] / 2 - 97.74e6) < 1e5
     low = acc["executions"]["lowvram"]
     assert low["calls"] == 4 and abs(low["estimate"] / low["peak"] - 1) < 0.02
     # ComfyUI's decode estimate per frame stays above the traced per-frame peak, so its batches fit
