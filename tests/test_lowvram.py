@@ -272,70 +272,7 @@ def test_comfyui_keeps_the_layout_auto_chose_and_stock_batching_is_unchanged(tin
     assert stock_calls(tiny.model_gi) == stock and sorted(stock) == [[0], [1]]  # cond and uncond split
 
 
-FULL_ARCH_ENV = "SVD_INBETWEEN_FULL_ARCH_TESTS"
-
-
-@pytest.mark.skipif(not os.environ.get(FULL_ARCH_ENV), reason=f"SVD-XT's full architecture in fp32 needs ~8.5 GiB of "
-                    f"RAM and ~5 min on 2 cores: set {FULL_ARCH_ENV}=1")
-def test_lowvram_equals_sequential_on_the_full_architecture(monkeypatch):
-    """SVD-XT's real architecture (1.5 B random fp32 parameters) at 64x64x3: one fused evaluation of lowvram,
-    every layer in pieces, against sequential. Any change of call layout moves this random network's x0 by
-    ~4e-6 of its size in fp32 (batched vs sequential: 3.6e-5 at |x0| ~8, measured), so the bound is relative."""
-    import gc
-
-    from svd_inbetween.attention_patch import chunking
-    from svd_inbetween.attention_patch.layers import with_proxies
-    from svd_inbetween.bench.models import random_backward_weights, random_conds, svd_patcher
-    model = svd_patcher("full", torch.float32)
-    try:
-        model_gi = with_proxies(model, random_backward_weights(model))
-        ps, ns, pe, ne, lat = random_conds("full", 64, 64, 3)
-        sequential = predictions(model_gi, (ps, ns, pe, ne), lat["samples"], "sequential")
-        monkeypatch.setattr(chunking, "PIECE_BYTES", 4096)
-        low = predictions(model_gi, (ps, ns, pe, ne), lat["samples"], "lowvram")
-        diff, size = (low - sequential).abs().max().item(), sequential.abs().max().item()
-        print(f"full architecture: lowvram vs sequential max abs diff {diff:.3g} at |x0| up to {size:.3g}")
-        assert diff <= 1e-5 * size and size > 1e-1
-    finally:
-        del model
-        gc.collect()
-
-
-def test_comfyui_keeps_the_layout_auto_chose_and_stock_batching_is_unchanged(tiny, monkeypatch):
-    """With free memory where ComfyUI's generic estimate would split a 4-video call but the pack's fits,
-    auto runs batched as one call per evaluation; stock KSampler batching through the same clone is as
-    through the stock model (it follows ComfyUI's estimate)."""
-    import comfy.model_management
-    import nodes
-    from svd_inbetween.samplers import execution
-    monkeypatch.setattr(execution, "HEADROOM_BYTES", 0)
-    monkeypatch.delenv(BUDGET_ENV, raising=False)
-    lat = tiny.conds[4]["samples"]
-    frames = lat.shape[0]
-    generic = {v: tiny.model.model.memory_required([v * frames, *lat.shape[1:]]) * 1.5 for v in (1, 2, 4)}
-    needed = _needed(tiny, "batched")
-    free = max(needed, generic[1]) * 1.01
-    assert free < generic[2] < generic[4], (needed, generic)  # ComfyUI alone would run one video per call
-    monkeypatch.setattr(comfy.model_management, "get_free_memory",
-                        lambda dev=None, torch_free_too=False: (free, free) if torch_free_too else free)
-
-    counter = UnetCalls()
-    m = tiny.model_gi.clone()
-    m.set_model_unet_function_wrapper(counter)
-    run(tiny, model=m, steps=1, recurrence=0, execution="auto")
-    assert counter.videos == [[3, 2, 1, 0]]
-
-    def stock_calls(model):
-        c = UnetCalls()
-        mm = model.clone()
-        mm.set_model_unet_function_wrapper(c)
-        ps, ns = tiny.conds[0], tiny.conds[1]
-        nodes.common_ksampler(mm, 5, 1, 2.0, "euler", "karras", ps, ns, tiny.conds[4])
-        return c.videos
-    stock = stock_calls(tiny.model)
-    assert stock_calls(tiny.model_gi) == stock and sorted(stock) == [[0], [1]]  # cond and uncond split
-
-
+@pytest.mark.bigmem
 def test_lowvram_equals_sequential_on_the_full_architecture(monkeypatch):
     """SVD-XT's real architecture (1.5 B random parameters stored bf16, run in fp32 by ComfyUI's manual cast)
     at 64x64x3: one fused evaluation of lowvram, every layer in pieces, equals sequential within 1e-5."""
