@@ -121,8 +121,7 @@ def spatial_resblock_layer_paths(unet: nn.Module) -> list[str]:
 def _acts_per_frame(seq: nn.Module) -> bool:
     seq = seq.original if is_chunked_wrapper(seq) else seq
     for layer in seq.children():
-        if isinstance(layer, (nn.Conv1d, nn.Conv3d)) or (isinstance(layer, nn.Conv2d) and layer.padding_mode != "zeros"):
-            return False
+        # GroupNorm normalises each sample, a 2-D convolution sees one frame; a 3-D one mixes frames
         if not isinstance(layer, (nn.GroupNorm, nn.Conv2d, nn.SiLU, nn.Dropout, nn.Identity)):
             return False
     return True

@@ -7,11 +7,10 @@ import torch
 
 from .chunking import FrameChunked, is_chunked_wrapper, spatial_resblock_layer_paths
 from .feedforward import PerVideoFeedForward, feedforward_paths, is_feedforward_wrapper
+from .memory import MEMORY_REQUIRED, CalibratedMemoryRequired, is_calibrated
 from .proxy import TemporalAttentionProxy, is_proxy
-from ..samplers.execution import CalibratedMemoryRequired, is_calibrated
 
 PREFIX = "diffusion_model."
-MEMORY_REQUIRED = "memory_required"
 TEMPORAL_ATTN1 = re.compile(r"^(input_blocks|middle_block|output_blocks)\.[\d.]*time_stack\.\d+\.attn1$")
 SVD_LAYER_COUNT = 16
 
@@ -74,7 +73,7 @@ def rotate_layers(paths: list[str], mode: str) -> frozenset[str]:
 def with_proxies(model_patcher, backward: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
     """A clone whose 16 temporal attn1 layers carry proxies, whose feed-forwards run per video,
     whose spatial res-block layers can run per frame (chunking.FrameChunked, lowvram only) and
-    whose memory_required answers the guider's calls with the pack's estimate (samplers.execution).
+    whose memory_required answers the guider's calls with the pack's estimate (memory.py).
 
     With `backward` (path -> (W_v', W_o') absolute tensors) the proxies hold those
     weights; without it, layers that already carry a proxy keep it and the rest

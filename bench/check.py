@@ -22,6 +22,7 @@ from dataclasses import replace
 
 import torch
 
+from ..attention_patch.layers import with_proxies
 from .fullsize import OURS, inbetween_patches, trace_execution
 from .models import random_backward_weights, random_conds, svd_base_model, svd_patcher
 from .runner import DTYPES, NODE, Settings, run_ours
@@ -40,8 +41,11 @@ def prepare(default_malloc: bool = False) -> bool:
     (unless `default_malloc`) a fixed glibc mmap threshold. Returns whether the threshold was set."""
     import comfy.cli_args
     comfy.cli_args.args.use_pytorch_cross_attention = True
-    if default_malloc:
-        return False
+    return False if default_malloc else fix_mmap_threshold()
+
+
+def fix_mmap_threshold() -> bool:
+    """glibc: serve blocks from 128 KiB up by mmap and return them on free (no dynamic threshold)."""
     try:
         import ctypes
         return ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
@@ -70,7 +74,6 @@ def check_accounting(s: Settings, executions: tuple[str, ...] = OURS, model=None
         raise ValueError(f"{NODE}: --check-accounting compares {', '.join(OURS)}; got {list(executions)}")
     device = comfy.model_management.get_torch_device()
     model = model if model is not None else svd_patcher(s.arch, DTYPES[s.dtype])
-    from ..attention_patch.layers import with_proxies
     model_gi = with_proxies(model, random_backward_weights(model))
     warm = replace(s, width=128, height=128, frames=min(s.frames, 4), steps=1, recurrence=0)
     warm_inputs = random_conds(s.arch, warm.width, warm.height, warm.frames, seed=s.seed + 1)

@@ -182,7 +182,8 @@ def format_cards(accs: list[dict]) -> list[str]:
     for acc in accs:
         ex = acc["executions"]
         lines += [
-            f"{acc['width']}x{acc['height']}x{acc['frames']}, {acc['dtype']}: weights {weights_total(acc) / GIB:.2f} GiB "
+            f"{acc['width']}x{acc['height']}x{acc['frames']}, {acc['dtype']}: "
+            f"weights {weights_total(acc) / GIB:.2f} GiB "
             f"(UNet {acc['unet_weights'] / GIB:.2f} + W' {acc['w_prime'] / GIB:.2f}, CLIP vision "
             f"{acc['clip_vision_weights'] / GIB:.2f}, VAE {acc['vae_weights'] / GIB:.2f}).",
             "",

@@ -20,19 +20,22 @@ auto treats as free (in MiB), e.g. to keep head-room on a shared GPU.
 
 ComfyUI's calc_cond_batch splits a call whose generic estimate (memory_required, about 2x
 the traced peak for SVD) times 1.5 exceeds free memory, which would quietly turn batched
-into sequential on 16-24 GB cards. `CalibratedMemoryRequired` (an object patch on the
-inbetween clone's memory_required) answers with the pack's estimate for the call the guider
-is making, and with ComfyUI's own everywhere else.
+into sequential on 16-24 GB cards. The guider makes its calls inside `calibrated_call`, where
+the inbetween clone's memory_required (attention_patch/memory.py) answers with the pack's
+estimate, and with ComfyUI's own everywhere else.
 """
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import logging
 import math
 import os
 
+from ..attention_patch import chunking, feedforward
+from ..attention_patch.memory import calibrated_call
 from ..attention_patch.run_state import BACKWARD_COND, BACKWARD_UNCOND, FORWARD_COND, FORWARD_UNCOND, is_backward
+
+__all__ = ["EXECUTIONS", "BY_SPEED", "calibrated_call", "call_groups", "choose_execution", "execution_estimates",
+           "free_memory", "needed_bytes"]
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +115,10 @@ def choose_execution(requested: str, free_bytes: float, estimates: dict[str, flo
 #   M: bytes of one video's attention maps over the rotating layers;
 #   PIECE: chunking.PIECE_BYTES (lowvram's pieces; never more than a video's tensor).
 # Fitted on SVD-XT's architecture at 512x288x14 .. 1280x704x25 (fp16 and fp32; non-negative
-# least squares on relative error): every traced point within 1.5% (tests/test_lowvram.py checks
-# two sizes against the tracer); the tiny test architecture within 4%. Where a batch's feed-forward input is under
-# feedforward.SPLIT_MIN_BYTES it runs whole, adding WHOLE_FEEDFORWARD*U per further video.
+# least squares on relative error): every traced point within 1.5%, the tiny test architecture
+# within 4% (tests/test_bench.py checks two unfitted sizes against the tracer). Where a batch's
+# feed-forward input is under feedforward.SPLIT_MIN_BYTES it runs whole, adding
+# WHOLE_FEEDFORWARD*U per further video.
 PEAK_FIT = {"batched": (63.79, 0.0, 0.0), "sequential": (39.77, 1.413, 0.0), "lowvram": (12.53, 0.688, 14.63)}
 VIDEOS_PER_CALL = {"batched": 4, "sequential": 2, "lowvram": 1}
 WHOLE_FEEDFORWARD = 16.0  # GEGLU intermediates (8x, 4x, 4x of its input)
@@ -154,13 +158,10 @@ def activation_terms(unet, frames: int, height: int, width: int, element_size: i
 
 def estimate_bytes(execution: str, u: int, m: int) -> float:
     """Traced live-tensor peak of one fused evaluation under `execution`, from PEAK_FIT."""
-    from ..attention_patch.chunking import PIECE_BYTES
-    from ..attention_patch.feedforward import SPLIT_MIN_BYTES
-
     a, b, c = PEAK_FIT[execution]
     videos = VIDEOS_PER_CALL[execution]
-    whole = WHOLE_FEEDFORWARD * u * (videos - 1) if videos * u < SPLIT_MIN_BYTES else 0.0
-    return a * u + b * m + c * min(PIECE_BYTES, u) + whole
+    whole = WHOLE_FEEDFORWARD * u * (videos - 1) if videos * u < feedforward.SPLIT_MIN_BYTES else 0.0
+    return a * u + b * m + c * min(chunking.PIECE_BYTES, u) + whole
 
 
 def streamed_weight_bytes(model_patcher, device=None) -> int:
@@ -189,46 +190,6 @@ def execution_estimates(model_patcher, base_model, x, rotate_paths) -> dict[str,
                             comfy.model_management.dtype_size(dtype), rotate_paths)
     streamed = streamed_weight_bytes(model_patcher, x.device)
     return {e: estimate_bytes(e, u, m) + streamed for e in BY_SPEED}
-
-
-# (batch rows of the call the guider is making, bytes it needs), set around its calc_cond_batch calls.
-_CALL: contextvars.ContextVar[tuple[int, float] | None] = contextvars.ContextVar("svd_inbetween_call", default=None)
-# calc_cond_batch batches when memory_required(shape) * COMFY_MARGIN < free memory.
-COMFY_MARGIN = 1.5
-
-
-@contextlib.contextmanager
-def calibrated_call(rows: int, needed: float):
-    """calc_cond_batch inside this block sees `needed` (bytes, head-room included) for a batch of `rows`."""
-    token = _CALL.set((int(rows), float(needed)))
-    try:
-        yield
-    finally:
-        _CALL.reset(token)
-
-
-class CalibratedMemoryRequired:
-    """Stands in for a BaseModel's memory_required (object patch "memory_required").
-
-    Inside `calibrated_call`, a batch of exactly the guider's rows gets the pack's estimate
-    (divided by ComfyUI's 1.5, which calc_cond_batch multiplies back); every other shape and
-    every call outside it (stock sampling, model loading) gets ComfyUI's own answer.
-    """
-
-    is_svd_inbetween_memory = True
-
-    def __init__(self, original):
-        self.original = original
-
-    def __call__(self, input_shape, *args, **kwargs):
-        call = _CALL.get()
-        if call is not None and input_shape[0] == call[0]:
-            return call[1] / COMFY_MARGIN
-        return self.original(input_shape, *args, **kwargs)
-
-
-def is_calibrated(obj) -> bool:
-    return getattr(obj, "is_svd_inbetween_memory", False) is True
 
 
 def free_memory(model_patcher, device) -> float:
