@@ -111,6 +111,34 @@ CONTRACTS = [
     Contract("comfy.model_base:SVD_img2vid", "samplers/validation.py check_model, weights/train.py",
              attrs=("extra_conds", "process_latent_in", "process_latent_out")),
     Contract("comfy.sd:load_checkpoint_guess_config", "weights/train.py, bench", params=("ckpt_path",)),
+    # --- lowvram and auto (samplers/execution.py, attention_patch/chunking.py, attention_patch/memory.py)
+    Contract("comfy.ldm.modules.diffusionmodules.openaimodel:ResBlock", "attention_patch/chunking.py FrameChunked "
+             "(object-patches in_layers/out_layers of spatial res-blocks, which _forward calls whole)",
+             check=lambda c: _sets("in_layers", "out_layers", "updown", "use_scale_shift_norm")(c) or next(
+                 (f"_forward no longer calls {call}" for call in ("self.in_layers(x)", "self.out_layers(h)")
+                  if call not in inspect.getsource(c._forward)), None)),
+    Contract("comfy.ldm.modules.diffusionmodules.openaimodel:UNetModel.__init__", "samplers/execution.py "
+             "activation_terms (model_channels, input/output blocks and their Downsample/Upsample levels)",
+             check=lambda f: next((f"no longer sets self.{a}" for a in ("model_channels", "input_blocks",
+                                                                       "output_blocks")
+                                   if f"self.{a} =" not in inspect.getsource(f)), None)),
+    Contract("comfy.ldm.modules.diffusionmodules.openaimodel:Downsample", "samplers/execution.py _levels (by name)"),
+    Contract("comfy.ldm.modules.diffusionmodules.openaimodel:Upsample", "samplers/execution.py _levels (by name)"),
+    Contract("comfy.model_base:BaseModel.memory_required", "attention_patch/memory.py CalibratedMemoryRequired "
+             "(object patch; passes input_shape and the rest on)", params=("input_shape",)),
+    Contract("comfy.samplers", "attention_patch/memory.py (calc_cond_batch batches while memory_required x 1.5 "
+             "is below the free memory)",
+             check=lambda m: None if "memory_required(input_shape, cond_shapes=cond_shapes) * 1.5 <"
+             in inspect.getsource(m) else "calc_cond_batch no longer compares memory_required * 1.5 with free memory"),
+    Contract("comfy.model_patcher:ModelPatcher.model_size", "samplers/execution.py streamed_weight_bytes"),
+    Contract("comfy.model_patcher:ModelPatcher.loaded_size", "samplers/execution.py streamed_weight_bytes"),
+    Contract("comfy.model_management:dtype_size", "samplers/execution.py execution_estimates", params=("dtype",)),
+    Contract("comfy.sd:VAE", "bench/workflow.py (the SVD temporal VAE on the meta device, its decode batches)",
+             params=("sd",), check=_sets("first_stage_model", "memory_used_decode")),
+    Contract("comfy.clip_model:CLIPVisionModelProjection", "bench/workflow.py (ViT-H on the meta device)",
+             params=("config_dict", "dtype", "device", "operations")),
+    Contract("comfy.ldm.modules.diffusionmodules.model:AttnBlock", "bench/workflow.py (flash-style VAE attention)",
+             check=_sets("optimized_attention")),
     # --- memory, progress, interrupts
     Contract("comfy.model_management", "samplers/execution.py (auto), samplers/*, weights/train.py",
              attrs=("throw_exception_if_processing_interrupted", "get_free_memory", "get_torch_device",
