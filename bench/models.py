@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..samplers.keyframes import FRAMES_KEY
+from ..conditioning.keyframes import FRAMES_KEY
 
 
 

@@ -22,21 +22,18 @@ import math
 import torch
 from torch import nn
 
-from ..attention_patch.layers import FUSED_MODES, PREFIX, original_module, temporal_attn1_paths
+from ..attention_patch.layers import PREFIX, original_module, temporal_attn1_paths
+from ..attention_patch.modes import FUSED_MODES, rotate_layers
 from ..samplers.schedule import recurrence_generator
 
 REFERENCE_MODES = FUSED_MODES
 
 
 def rotated_paths(paths: list[str], mode: str) -> list[str]:
-    """Layers whose backward pass attends with the forward maps, per the paper's modes."""
-    if mode == "gi":
-        return list(paths)
-    if mode == "gi_no_finetune":
-        return [p for p in paths if p.startswith("output_blocks.")]
-    if mode == "trf":
-        return []
-    raise ValueError(f"svd-inbetween bench: unknown mode {mode!r}; choose one of {', '.join(REFERENCE_MODES)}")
+    """Layers whose backward pass attends with the forward maps, per the pack's mode table."""
+    if mode not in REFERENCE_MODES:
+        raise ValueError(f"svd-inbetween bench: unknown mode {mode!r}; choose one of {', '.join(REFERENCE_MODES)}")
+    return sorted(rotate_layers(paths, mode), key=paths.index)
 
 
 class MapStore:

@@ -74,15 +74,16 @@ def run_reference(model, backward, mode: str, inputs, s: Settings, device) -> Ru
 
 def run_ours(model, execution: str, mode: str, inputs, s: Settings, device) -> Run:
     from ..samplers.run import sample_inbetween
+    from ..samplers.settings import GenerationSettings, KeyframeConds
 
     ps, ns, pe, ne, latent = inputs
     counter = UnetCounter(s.frames)
     m = model.clone()
     m.set_model_unet_function_wrapper(counter)
     with PeakMemory(device) as mem, Stopwatch(device) as sw:
-        out = sample_inbetween(NODE, m, ps, ns, pe, ne, latent, seed=s.seed, steps=s.steps, cfg=s.cfg, mode=mode,
+        out = sample_inbetween(NODE, m, KeyframeConds(ps, ns, pe, ne), latent, GenerationSettings(seed=s.seed, steps=s.steps, cfg=s.cfg, mode=mode,
                                recurrence=s.recurrence, recurrence_ratio=s.recurrence_ratio, forward_weight=0.5,
-                               execution=execution, callback=_noop_callback)["samples"]
+                               execution=execution), callback=_noop_callback)["samples"]
     maps = counter.run.peak_map_bytes if counter.run is not None else 0
     return Run(out, sw.seconds, sw.cpu_seconds, mem.peak_bytes, maps, counter.calls, counter.videos)
 

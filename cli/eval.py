@@ -6,7 +6,7 @@ import argparse
 import logging
 import os
 
-from ..attention_patch.layers import FUSED_MODES
+from ..attention_patch.modes import FUSED_MODES
 from .run import add_generation_args, add_server_args
 
 log = logging.getLogger(__name__)
@@ -196,7 +196,7 @@ def fit_like_conditioning(args):
     """Ground truth resized the way SVDInbetweenConditioning resizes the keyframes."""
     import torch
 
-    from ..samplers.keyframes import fit_image
+    from ..conditioning.keyframes import fit_image
 
     def fit(frames, width, height):
         t = torch.from_numpy(frames).float() / 255

@@ -9,10 +9,10 @@ import logging
 import os
 from dataclasses import dataclass
 
-from ..attention_patch.layers import BACKWARD_WEIGHT_MODES, MODE_HELP, MODES
+from ..attention_patch.modes import BACKWARD_WEIGHT_MODES, MODE_HELP, MODES
 from ..evaluation.data import IMAGE_EXTS
 from ..samplers.execution import EXECUTIONS
-from ..samplers.keyframes import RESIZE_MODES
+from ..conditioning.keyframes import RESIZE_MODES
 
 log = logging.getLogger(__name__)
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

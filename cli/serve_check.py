@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from ..attention_patch.layers import MODES
+from ..attention_patch.modes import MODES
 from .run import add_generation_args, build_prompt, fail
 
 PACK_NODE = "SVDInbetweenSampler"

@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import torch
 from comfy_api.latest import io
 
+from ..conditioning.keyframes import KeyframeEncoding, fit_image
 from ..samplers.chain import sample_chain
+from ..samplers.settings import GenerationSettings
+from ..samplers.validation import fail, labelled
 from .common import CATEGORY
 from .inputs import guidance_inputs, keyframe_encoding_inputs, recurrence_inputs, scheduler_input, size_inputs
 
@@ -23,33 +27,29 @@ def keyframe_inputs() -> list[io.Image.Input]:
             for i, name in enumerate(KEYFRAME_INPUTS)]
 
 
-def gather_keyframes(node: str, images, keyframes: dict, width: int, height: int, resize: str):
+def gather_keyframes(images, keyframes: dict, width: int, height: int, resize: str):
     """One IMAGE batch from either `images` or the connected keyframe_N inputs, in order of N.
 
     Keyframes of different sizes are first fitted to the video size the way the chain fits every
     keyframe (fitting an image already at that size changes nothing), so they can be batched.
     """
-    import torch
-
-    from ..samplers.keyframes import fit_image
-    from ..samplers.validation import fail
     unknown = sorted(set(keyframes) - set(KEYFRAME_INPUTS))
     if unknown:
-        raise TypeError(f"{node}: unexpected inputs {unknown}")
+        raise TypeError(f"{NODE_ID}: unexpected inputs {unknown}")
     given = [(name, keyframes[name]) for name in KEYFRAME_INPUTS if keyframes.get(name) is not None]
     if images is not None and given:
-        fail(node, given[0][0], "connect the keyframes either as one batch in 'images' or one by one in "
+        fail(given[0][0], "connect the keyframes either as one batch in 'images' or one by one in "
              "keyframe_1, keyframe_2, ..., not both")
     if images is not None:
         return images
     if not given:
-        fail(node, "keyframe_1", "no keyframes: connect keyframe_1 and keyframe_2 (and more in order), or one "
+        fail("keyframe_1", "no keyframes: connect keyframe_1 and keyframe_2 (and more in order), or one "
              "IMAGE batch of all keyframes to 'images'")
     for name, image in given:
         if not torch.is_tensor(image) or image.ndim != 4:
-            fail(node, name, "expected an IMAGE")
+            fail(name, "expected an IMAGE")
     if sum(image.shape[0] for _, image in given) < 2:
-        fail(node, given[0][0], f"only {given[0][0]} is connected; a chain needs at least 2 keyframes (connect "
+        fail(given[0][0], f"only {given[0][0]} is connected; a chain needs at least 2 keyframes (connect "
              "keyframe_2 as well; a loop is keyframe_1 = A, keyframe_2 = B, keyframe_3 = A)")
     shapes = {tuple(image.shape[1:]) for _, image in given}
     parts = [image for _, image in given]
@@ -108,9 +108,11 @@ class SVDInbetweenChain(io.ComfyNode):
     def execute(cls, model, clip_vision, vae, images=None, *, width, height, frames, motion_bucket_id, fps,
                 augmentation_level, resize, seed, steps, cfg, mode, recurrence, recurrence_ratio, forward_weight,
                 execution, scheduler="karras", cfg_pp=True, dds=True, **keyframes) -> io.NodeOutput:
-        images = gather_keyframes(NODE_ID, images, keyframes, width, height, resize)
-        pixels, latent = sample_chain(
-            NODE_ID, model, clip_vision, vae, images, width, height, frames, motion_bucket_id, fps,
-            augmentation_level, resize, seed, steps, cfg, mode, recurrence, recurrence_ratio, forward_weight,
-            execution, scheduler, cfg_pp, dds)
+        with labelled(NODE_ID):
+            images = gather_keyframes(images, keyframes, width, height, resize)
+        encoding = KeyframeEncoding(width, height, motion_bucket_id, fps, augmentation_level, resize)
+        settings = GenerationSettings(seed=seed, steps=steps, cfg=cfg, mode=mode, recurrence=recurrence,
+                                      recurrence_ratio=recurrence_ratio, forward_weight=forward_weight,
+                                      execution=execution, scheduler=scheduler, cfg_pp=cfg_pp, dds=dds)
+        pixels, latent = sample_chain(NODE_ID, model, clip_vision, vae, images, encoding, frames, settings)
         return io.NodeOutput(pixels, latent)

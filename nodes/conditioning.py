@@ -3,8 +3,8 @@ from __future__ import annotations
 import torch
 from comfy_api.latest import io
 
-from ..samplers.keyframes import empty_video_latent, encode_keyframes
-from ..samplers.validation import check_size, fail
+from ..conditioning.keyframes import KeyframeEncoding, empty_video_latent, encode_keyframes
+from ..samplers.validation import check_size, fail, labelled
 from .common import CATEGORY
 from .inputs import keyframe_encoding_inputs, size_inputs
 
@@ -43,15 +43,15 @@ class SVDInbetweenConditioning(io.ComfyNode):
     @classmethod
     def execute(cls, clip_vision, vae, start_image, end_image, width, height, video_frames, motion_bucket_id,
                 fps, augmentation_level, resize="crop", noise_seed=0) -> io.NodeOutput:
-        node = "SVDInbetweenConditioning"
-        for name, img in (("start_image", start_image), ("end_image", end_image)):
-            if img.ndim != 4 or img.shape[0] != 1:
-                fail(node, name, f"expected one image, got a batch of shape {tuple(img.shape)}")
-            if not torch.isfinite(img).all():
-                fail(node, name, "contains NaN or Inf")
-        check_size(node, width, height)
-        _, ((pos_s, neg_s), (pos_e, neg_e)) = encode_keyframes(
-            clip_vision, vae, [start_image, end_image], width, height, resize, noise_seed, motion_bucket_id, fps,
-            augmentation_level, video_frames)
+        with labelled("SVDInbetweenConditioning"):
+            for name, img in (("start_image", start_image), ("end_image", end_image)):
+                if img.ndim != 4 or img.shape[0] != 1:
+                    fail(name, f"expected one image, got a batch of shape {tuple(img.shape)}")
+                if not torch.isfinite(img).all():
+                    fail(name, "contains NaN or Inf")
+            check_size(width, height)
+        encoding = KeyframeEncoding(width, height, motion_bucket_id, fps, augmentation_level, resize)
+        _, ((pos_s, neg_s), (pos_e, neg_e)) = encode_keyframes(clip_vision, vae, [start_image, end_image], encoding,
+                                                               noise_seed, video_frames)
         return io.NodeOutput(pos_s, neg_s, pos_e, neg_e,
                              {"samples": empty_video_latent(video_frames, width, height)})

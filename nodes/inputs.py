@@ -6,10 +6,10 @@ from comfy_api.latest import io
 
 import nodes as comfy_nodes
 
-from ..attention_patch.layers import MODE_HELP, MODES
+from ..attention_patch.modes import MODE_HELP, MODES
 from ..samplers.execution import EXECUTIONS
 from ..samplers.guidance import GUIDANCE
-from ..samplers.keyframes import RESIZE_MODES
+from ..conditioning.keyframes import RESIZE_MODES
 
 MODE_TOOLTIP = "; ".join(f"{k}: {v}" for k, v in MODE_HELP.items()) + ". The node's help page compares them."
 

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..samplers.recurrent_euler import recurrent_euler_for
+from ..samplers.recurrent_euler import recurrent_euler_sampler
 from ..samplers.run import make_guider, sample_inbetween
-from ..samplers.vibid import SEQUENTIAL_MODES, sample_vibid_inbetween, vibid_sampler
+from ..samplers.settings import GenerationSettings, KeyframeConds
+from ..samplers.validation import labelled
+from ..samplers.vibid import vibid_sampler
 from .common import CATEGORY
 from .inputs import guidance_inputs, recurrence_inputs, scheduler_input
 
@@ -47,14 +49,11 @@ class SVDInbetweenSampler(io.ComfyNode):
     def execute(cls, model, positive_start, negative_start, positive_end, negative_end, latent_image, seed, steps,
                 cfg, mode, recurrence, recurrence_ratio, forward_weight, execution, scheduler="karras",
                 guidance="constant", min_cfg=1.0) -> io.NodeOutput:
-        if mode in SEQUENTIAL_MODES:
-            return io.NodeOutput(sample_vibid_inbetween(
-                "SVDInbetweenSampler", model, positive_start, negative_start, positive_end, negative_end,
-                latent_image, seed, steps, cfg, mode, execution, scheduler, guidance, min_cfg))
-        return io.NodeOutput(sample_inbetween(
-            "SVDInbetweenSampler", model, positive_start, negative_start, positive_end, negative_end, latent_image,
-            seed, steps, cfg, mode, recurrence, recurrence_ratio, forward_weight, execution, scheduler, guidance,
-            min_cfg))
+        settings = GenerationSettings(seed=seed, steps=steps, cfg=cfg, mode=mode, recurrence=recurrence,
+                                      recurrence_ratio=recurrence_ratio, forward_weight=forward_weight,
+                                      execution=execution, scheduler=scheduler, guidance=guidance, min_cfg=min_cfg)
+        conds = KeyframeConds(positive_start, negative_start, positive_end, negative_end)
+        return io.NodeOutput(sample_inbetween("SVDInbetweenSampler", model, conds, latent_image, settings))
 
 
 class SVDInbetweenGuider(io.ComfyNode):
@@ -75,8 +74,10 @@ class SVDInbetweenGuider(io.ComfyNode):
     @classmethod
     def execute(cls, model, positive_start, negative_start, positive_end, negative_end, cfg, mode, forward_weight,
                 execution, guidance="constant", min_cfg=1.0) -> io.NodeOutput:
-        return io.NodeOutput(make_guider("SVDInbetweenGuider", model, positive_start, negative_start, positive_end,
-                                         negative_end, cfg, mode, forward_weight, execution, guidance, min_cfg))
+        settings = GenerationSettings(cfg=cfg, mode=mode, forward_weight=forward_weight, execution=execution,
+                                      guidance=guidance, min_cfg=min_cfg)
+        conds = KeyframeConds(positive_start, negative_start, positive_end, negative_end)
+        return io.NodeOutput(make_guider("SVDInbetweenGuider", model, conds, settings))
 
 
 class SVDInbetweenRecurrentEuler(io.ComfyNode):
@@ -94,7 +95,8 @@ class SVDInbetweenRecurrentEuler(io.ComfyNode):
 
     @classmethod
     def execute(cls, recurrence, recurrence_ratio) -> io.NodeOutput:
-        return io.NodeOutput(recurrent_euler_for("SVDInbetweenRecurrentEuler", recurrence, recurrence_ratio))
+        with labelled("SVDInbetweenRecurrentEuler"):
+            return io.NodeOutput(recurrent_euler_sampler(recurrence, recurrence_ratio))
 
 
 class SVDInbetweenViBiDSampler(io.ComfyNode):

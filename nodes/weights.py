@@ -5,7 +5,7 @@ import os
 import folder_paths
 from comfy_api.latest import io
 
-from ..samplers.validation import check_model, fail
+from ..samplers.validation import check_model, fail, labelled
 from ..weights.apply import apply_backward_weights
 from ..weights.cache import delta_file_name
 from ..weights.convert import BaseCheckpointError
@@ -67,23 +67,23 @@ class SVDInbetweenLoadBackwardWeights(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, weights, strength=1.0, base_checkpoint=NONE, save_transplant=False) -> io.NodeOutput:
-        node = "SVDInbetweenLoadBackwardWeights"
-        check_model(node, model, mode="trf")
-        path = folder_paths.get_full_path(MODEL_FOLDER, weights)
-        if path is None:
-            fail(node, "weights", f"{weights!r} not found in models/{MODEL_FOLDER}/")
-        base = saved = None
-        if base_checkpoint not in (None, NONE):
-            base = folder_paths.get_full_path("checkpoints", base_checkpoint)
-            if base is None:
-                fail(node, "base_checkpoint", f"{base_checkpoint!r} not found in models/checkpoints/")
-            saved = os.path.join(folder_paths.get_folder_paths(MODEL_FOLDER)[0], delta_file_name(weights, base_checkpoint))
-        elif save_transplant:
-            fail(node, "save_transplant", "there is nothing to save without a base_checkpoint; pick the base "
-                 "(svd.safetensors) or switch save_transplant off")
-        try:
-            return io.NodeOutput(apply_backward_weights(model, path, strength, base, saved, save_transplant))
-        except BaseCheckpointError as e:
-            fail(node, "base_checkpoint", str(e))
-        except BackwardWeightsError as e:
-            fail(node, "weights", str(e))
+        with labelled("SVDInbetweenLoadBackwardWeights"):
+            check_model(model, mode="trf")
+            path = folder_paths.get_full_path(MODEL_FOLDER, weights)
+            if path is None:
+                fail("weights", f"{weights!r} not found in models/{MODEL_FOLDER}/")
+            base = saved = None
+            if base_checkpoint not in (None, NONE):
+                base = folder_paths.get_full_path("checkpoints", base_checkpoint)
+                if base is None:
+                    fail("base_checkpoint", f"{base_checkpoint!r} not found in models/checkpoints/")
+                saved = os.path.join(folder_paths.get_folder_paths(MODEL_FOLDER)[0], delta_file_name(weights, base_checkpoint))
+            elif save_transplant:
+                fail("save_transplant", "there is nothing to save without a base_checkpoint; pick the base "
+                     "(svd.safetensors) or switch save_transplant off")
+            try:
+                return io.NodeOutput(apply_backward_weights(model, path, strength, base, saved, save_transplant))
+            except BaseCheckpointError as e:
+                fail("base_checkpoint", str(e))
+            except BackwardWeightsError as e:
+                fail("weights", str(e))

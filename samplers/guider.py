@@ -1,4 +1,11 @@
-"""The dual-direction GUIDER: forward from the start frame, backward from the end frame, fused."""
+"""The dual-direction GUIDER: forward from the start frame, backward from the end frame, fused.
+
+Per step the guider lays out the conds of both directions (attention_patch/run_state.py),
+runs them in the UNet calls its execution prescribes (samplers/execution.py), guides each
+direction with stock CFG in its own time and fuses them (or answers a one-direction
+request, samplers/protocol.py). Backward chunks see the time-flipped latent through an
+APPLY_MODEL wrapper, so calc_cond_batch can feed the same x to all four conds.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -8,26 +15,34 @@ import math
 
 import torch
 
+import comfy.model_base
 import comfy.model_management
+import comfy.model_patcher
+import comfy.patcher_extension
 import comfy.samplers
+import comfy.utils
 
 from ..attention_patch.chunking import low_memory
 from ..attention_patch.feedforward import per_video_feedforward
-from ..attention_patch.layers import rotate_layers, temporal_attn1_paths
+from ..attention_patch.layers import temporal_attn1_paths
+from ..attention_patch.memory import calibrated_call
+from ..attention_patch.modes import mode_of, rotate_layers
 from ..attention_patch.rotation import flip_frames
 from ..attention_patch.run_state import (BACKWARD_COND, BACKWARD_UNCOND, FORWARD_COND, FORWARD_UNCOND, RUN_KEY,
                                          InbetweenRun, is_backward)
-from .execution import (EXECUTIONS, calibrated_call, call_groups, choose_execution, execution_estimates, free_memory,
-                        needed_bytes)
+from .execution import EXECUTIONS, call_groups, choose_execution, execution_estimates, free_memory, needed_bytes
 from .fusion import fuse
+from .protocol import ANSWERS_MARK, BACKWARD, DIRECTION_KEY, FORWARD, DirectionRequest, sends_requests
 from .validation import fail
-from .vibid import ANSWERS_MARK, BACKWARD, DIRECTION_KEY, FORWARD, SEQUENTIAL_MARK, SEQUENTIAL_MODES, DirectionRequest
 
 log = logging.getLogger(__name__)
 
 # model_options key under which ComfyUI 0.33+ (MultiGPU CFG Split) hands calc_cond_batch its
 # per-device model clones; without it calc_cond_batch runs every cond on the main device.
 MULTIGPU_CLONES_KEY = "multigpu_clones"
+# Our APPLY_MODEL wrapper's key in transformer_options["wrappers"].
+WRAPPER_KEY = "svd_inbetween_directions"
+_APPLY_MODEL_SIGNATURE = inspect.signature(comfy.model_base.BaseModel.apply_model)
 
 
 def _flip_chunks(t: torch.Tensor, backward: list[bool], frames: int) -> torch.Tensor:
@@ -36,27 +51,22 @@ def _flip_chunks(t: torch.Tensor, backward: list[bool], frames: int) -> torch.Te
     return torch.cat([flip_frames(c, frames) if b else c for c, b in zip(chunks, backward)])
 
 
-def direction_wrapper(frames: int, inner=None, chunked: bool = False):
-    """model_function_wrapper: backward chunks see flip(x) (and flipped per-frame conds) and
-    their outputs are flipped back, so calc_cond_batch can feed the same x to all four conds.
-    chunked: the call runs under chunking.low_memory (the lowvram execution)."""
-    def wrapper(apply_model, args):
-        chunk_ids = args["cond_or_uncond"]
+def direction_wrapper(frames: int, chunked: bool = False):
+    """APPLY_MODEL wrapper: backward chunks see flip(x) and flipped per-frame conds, and their
+    outputs are flipped back; feed-forwards run per video (and, chunked, the lowvram pieces)."""
+    def wrapper(executor, x, t, *args, **kwargs):
+        topts = _APPLY_MODEL_SIGNATURE.bind(None, x, t, *args, **kwargs).arguments.get("transformer_options", {})
+        chunk_ids = topts["cond_or_uncond"]
         backward = [is_backward(c) for c in chunk_ids]
-        x = args["input"]
+        batch = x.shape[0]
+        flip = lambda v: _flip_chunks(v, backward, frames) if torch.is_tensor(v) and v.ndim > 0 \
+            and v.shape[0] == batch else v  # noqa: E731
         if any(backward):
-            batch = x.shape[0]
             if batch != frames * len(chunk_ids):
                 raise RuntimeError(f"SVD inbetween: expected {len(chunk_ids)} chunks of {frames} frames, got a batch of {batch}")
-            x = _flip_chunks(x, backward, frames)
-            c = {k: _flip_chunks(v, backward, frames) if torch.is_tensor(v) and v.ndim > 0 and v.shape[0] == batch else v
-                 for k, v in args["c"].items()}
-            args = dict(args, input=x, c=c)
+            x, args, kwargs = flip(x), [flip(a) for a in args], {k: flip(v) for k, v in kwargs.items()}
         with per_video_feedforward(len(chunk_ids)), low_memory() if chunked else contextlib.nullcontext():
-            if inner is not None:
-                out = inner(apply_model, args)
-            else:
-                out = apply_model(args["input"], args["timestep"], **args["c"])
+            out = executor(x, t, *args, **kwargs)
         return _flip_chunks(out, backward, frames) if any(backward) else out
     return wrapper
 
@@ -69,7 +79,7 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
     x and sigma equals fusing v-predictions (denoised is affine in v).
 
     A sampler may instead ask for one direction per call (a DirectionRequest in
-    model_options, see samplers/vibid.py). A backward-only call in a rotating mode still
+    model_options, see samplers/protocol.py). A backward-only call in a rotating mode still
     runs the forward chunks on the same x, in the same call when batched, because the
     backward chunks consume their attention maps; their outputs are dropped.
     """
@@ -78,17 +88,14 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
         super().__init__(model_patcher)
         if execution not in EXECUTIONS:
             raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
-        self.paths = temporal_attn1_paths(model_patcher)
-        self.mode = mode
-        self.rotation = SEQUENTIAL_MODES.get(mode, mode)
-        self.layers = rotate_layers(self.paths, self.rotation)
+        self.mode = mode_of(mode)
+        self.layers = rotate_layers(temporal_attn1_paths(model_patcher), self.mode)
         self.forward_weight = float(forward_weight)
         self.execution = execution
         self.chosen_execution: str | None = None
         self._run: InbetweenRun | None = None
         self._pins: tuple[torch.Tensor, torch.Tensor] | None = None
         self._needed = 0.0
-        self.last_peak_map_bytes = 0
         self._warned_multigpu = False
 
     def set_conds(self, positive_start, negative_start, positive_end=None, negative_end=None):
@@ -99,20 +106,19 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
         self.inner_set_conds(conds)
 
     def check_sampler(self, sampler) -> None:
-        if self.mode in SEQUENTIAL_MODES and not getattr(getattr(sampler, "sampler_function", None),
-                                                         SEQUENTIAL_MARK, False):
-            fail("SVDInbetweenGuider", "mode", f"{self.mode!r} denoises the two directions one after the other and "
-                 "needs the SVDInbetweenViBiDSampler as SAMPLER; with other samplers pick gi, gi_no_finetune or trf")
+        if self.mode.alternating and not sends_requests(sampler):
+            fail("mode", f"{self.mode.name!r} denoises the two directions one after the other and needs the "
+                 "SVDInbetweenViBiDSampler as SAMPLER; with other samplers pick gi, gi_no_finetune or trf",
+                 node="SVDInbetweenGuider")
 
     def begin_run(self) -> None:
         """Per-run state; `sample` calls it, a chain guider calls it for each segment."""
-        self._run = InbetweenRun(rotate_layers=self.layers, finetuned=self.rotation == "gi")
+        self._run = InbetweenRun(rotate_layers=self.layers, finetuned=self.mode.finetuned)
         self.chosen_execution = None
         self._pins = None
 
     def end_run(self) -> None:
         if self._run is not None:
-            self.last_peak_map_bytes = self._run.peak_map_bytes
             self._run.clear()
         self._run = None
         self._pins = None
@@ -135,7 +141,7 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         request: DirectionRequest | None = model_options.get(DIRECTION_KEY)
-        if request is None and self.mode in SEQUENTIAL_MODES:
+        if request is None and self.mode.alternating:
             self.check_sampler(None)
         if request is not None and "positive_end" not in self.conds:
             raise RuntimeError("SVD inbetween: a one-direction request needs positive_end and negative_end")
@@ -178,19 +184,18 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
             conds[FORWARD_UNCOND] = self.conds["negative"] if use_uncond else None
         run.active = frozenset(i for i, c in enumerate(conds) if c is not None)
 
-        opts = model_options.copy()
+        opts = comfy.model_patcher.create_model_options_clone(model_options)
         if opts.pop(MULTIGPU_CLONES_KEY, None) is not None and not self._warned_multigpu:
             # A multi-GPU split would put a forward chunk and the backward chunk that consumes its
             # attention maps on different devices and threads; the dual-direction calls stay whole.
             log.warning("SVD inbetween: MultiGPU CFG Split is ignored for the forward/backward model calls; "
                         "they run on %s (each needs its partner's attention maps)", x.device)
             self._warned_multigpu = True
-        topts = dict(opts.get("transformer_options", {}))
-        topts[RUN_KEY] = run
-        opts["transformer_options"] = topts
+        opts.setdefault("transformer_options", {})[RUN_KEY] = run
         execution = self._execution_for(x)
-        opts["model_function_wrapper"] = direction_wrapper(x.shape[0], model_options.get("model_function_wrapper"),
-                                                           chunked=execution == "lowvram")
+        comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY,
+                                                     direction_wrapper(x.shape[0], chunked=execution == "lowvram"),
+                                                     opts, is_model_options=True)
         try:
             out = None
             for k, group in enumerate(call_groups(execution, sorted(run.active))):
@@ -209,7 +214,6 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
     def _keyframe_latents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Start and end keyframe latents in the model's latent space, from the conds' concat latents."""
         if self._pins is None:
-            import comfy.utils
             pins = []
             for name in ("positive", "positive_end"):
                 t = self.original_conds[name][0].get("concat_latent_image")
@@ -236,98 +240,3 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
 
 
 setattr(SVDInbetweenGuider, ANSWERS_MARK, True)
-
-
-_INNER_SAMPLE_SIGNATURE = inspect.signature(comfy.samplers.CFGGuider.inner_sample)
-
-
-class SVDInbetweenChainGuider(comfy.samplers.CFGGuider):
-    """Segments of one chain latent, denoised in lockstep by their own SVDInbetweenGuiders.
-
-    Segment k owns the window [start_k, stop_k) of the chain latent; neighbouring windows
-    share their keyframe frame. Every model call runs each segment on its window and the
-    shared frames get the mean of their two predictions (samplers.chain.fuse_windows), so
-    both neighbours denoise the same boundary frame at every step. All segment guiders
-    must wrap the same ModelPatcher (one model load for the whole chain).
-    """
-
-    def __init__(self, segments: list[SVDInbetweenGuider], windows: list[tuple[int, int]]):
-        super().__init__(segments[0].model_patcher)
-        if any(g.model_patcher is not self.model_patcher for g in segments) or len(segments) != len(windows):
-            raise ValueError("chain segments must share one model patcher and have one window each")
-        self.segments, self.windows = segments, windows
-        self.original_conds = {f"{k}/{name}": c for k, g in enumerate(segments) for name, c in g.original_conds.items()}
-
-    def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None):
-        import comfy.model_patcher
-        import comfy.patcher_extension
-        largest = max(stop - start for start, stop in self.windows)
-
-        def load_for_one_segment(executor, model, noise_shape, *args, **kwargs):
-            # A UNet call holds one segment, not the chain: reserve memory for that.
-            return executor(model, torch.Size([largest, *noise_shape[1:]]), *args, **kwargs)
-
-        for g, (start, stop) in zip(self.segments, self.windows):
-            g.check_sampler(sampler)
-            g.begin_run()
-        own_options = self.model_options
-        self.model_options = comfy.model_patcher.create_model_options_clone(own_options)
-        comfy.patcher_extension.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.PREPARE_SAMPLING,
-                                                     "svd_inbetween_chain", load_for_one_segment, self.model_options,
-                                                     is_model_options=True)
-        try:
-            return super().sample(noise, latent_image, sampler, sigmas, denoise_mask, callback, disable_pbar, seed)
-        finally:
-            self.model_options = own_options
-            for g in self.segments:
-                g.end_run()
-                for attr in ("conds", "inner_model"):
-                    g.__dict__.pop(attr, None)
-
-    def inner_sample(self, *args, **kwargs):
-        # The host's CFGGuider.inner_sample processes self.conds against the whole noise; SVD's
-        # extra_conds take the video length from that noise, so each segment's conds are processed
-        # here against its own window first and the host then runs with nothing left to process.
-        bound = _INNER_SAMPLE_SIGNATURE.bind(self, *args, **kwargs).arguments
-        noise, latent_image, device = bound["noise"], bound["latent_image"], bound["device"]
-        denoise_mask, seed = bound["denoise_mask"], bound["seed"]
-        if latent_image is not None and torch.count_nonzero(latent_image) > 0:
-            latent_image = self.inner_model.process_latent_in(latent_image)
-        processed = {}
-        for k, (g, (start, stop)) in enumerate(zip(self.segments, self.windows)):
-            own = {name: self.conds[f"{k}/{name}"] for name in g.original_conds}
-            mask = denoise_mask[start:stop] if denoise_mask is not None else None
-            g.inner_model = self.inner_model
-            g.conds = comfy.samplers.process_conds(self.inner_model, noise[start:stop], own, device,
-                                                   latent_image[start:stop], mask, seed)
-            processed.update({f"{k}/{name}": c for name, c in g.conds.items()})
-        self.conds = {}
-        try:
-            return super().inner_sample(*args, **kwargs)
-        finally:
-            self.conds = processed
-
-    def predict_noise(self, x, timestep, model_options={}, seed=None):
-        from .chain import fuse_windows
-        request: DirectionRequest | None = model_options.get(DIRECTION_KEY)
-        preds, unconds, pins = [], [], {}
-        for i, (g, (start, stop)) in enumerate(zip(self.segments, self.windows)):
-            if i:
-                comfy.model_management.throw_exception_if_processing_interrupted()
-            opts, sub = model_options, None
-            if request is not None:
-                sub = DirectionRequest(request.direction)
-                opts = {**model_options, DIRECTION_KEY: sub}
-            t = timestep[start:stop] if torch.is_tensor(timestep) and timestep.ndim and timestep.shape[0] == x.shape[0] \
-                else timestep
-            preds.append(g.predict_noise(x[start:stop], t, opts, seed))
-            if sub is not None:
-                unconds.append(sub.uncond)
-                pins.update({start + f: lat for f, lat in sub.pins.items()})
-        if request is not None:
-            request.uncond = None if any(u is None for u in unconds) else fuse_windows(unconds, self.windows)
-            request.pins = pins
-        return fuse_windows(preds, self.windows)
-
-
-setattr(SVDInbetweenChainGuider, ANSWERS_MARK, True)

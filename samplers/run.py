@@ -1,4 +1,8 @@
-"""One call from node inputs to sampled latents; shared by the nodes and the CLI."""
+"""Facades: node inputs -> a guider, or all the way to sampled latents.
+
+Every input is validated here, once, before any model call; errors are labelled with
+the calling node's name (validation.labelled).
+"""
 from __future__ import annotations
 
 import comfy.model_management
@@ -9,64 +13,81 @@ import latent_preview
 
 from ..attention_patch.layers import with_proxies
 from .execution import EXECUTIONS
-from .guidance import linear_cfg
+from .guidance import GUIDANCE, linear_cfg
 from .guider import SVDInbetweenGuider
-from .recurrent_euler import recurrent_euler_for
-from .validation import check_choice, check_conds_fit_model, check_inputs, check_model, fail
+from .recurrent_euler import recurrent_euler_sampler
+from .settings import GenerationSettings, KeyframeConds
+from .validation import (check_choice, check_conds_fit_model, check_forward_weight, check_inputs, check_model,
+                         check_steps, labelled)
+from .vibid import vibid_sampler
 
 
-def check_forward_weight(node: str, forward_weight: float) -> None:
-    if not 0.0 <= forward_weight <= 1.0:
-        fail(node, "forward_weight", f"must be in [0, 1], got {forward_weight}")
+def check_guider_inputs(model, conds: KeyframeConds, latent, settings: GenerationSettings) -> None:
+    """What any guider needs: an SVD model fit for the mode, matching conds (and latent), known choices."""
+    check_model(model, settings.mode)
+    check_choice("execution", settings.execution, EXECUTIONS)
+    check_choice("guidance", settings.guidance, GUIDANCE)
+    check_inputs(conds._asdict(), latent, cfg=settings.cfg)
+    check_conds_fit_model(model, conds._asdict())
 
 
-def make_guider(node: str, model, positive_start, negative_start, positive_end, negative_end, cfg: float,
-                mode: str, forward_weight: float, execution: str, guidance: str = "constant",
-                min_cfg: float = 1.0) -> SVDInbetweenGuider:
-    check_model(node, model, mode)
-    check_choice(node, "execution", execution, EXECUTIONS)
-    conds = {"positive_start": positive_start, "negative_start": negative_start,
-             "positive_end": positive_end, "negative_end": negative_end}
-    check_inputs(node, conds, None, cfg=cfg)
-    check_conds_fit_model(node, model, conds)
-    check_forward_weight(node, forward_weight)
+def check_sampling_inputs(model, conds: KeyframeConds, latent, settings: GenerationSettings) -> None:
+    """What a whole run needs besides: the schedule's own settings, scheduler and steps."""
+    check_guider_inputs(model, conds, latent, settings)
+    if settings.spec.fused:
+        check_forward_weight(settings.forward_weight)
+        recurrent_euler_sampler(settings.recurrence, settings.recurrence_ratio)
+    check_choice("scheduler", settings.scheduler, comfy.samplers.SCHEDULER_NAMES)
+    check_steps(settings.steps)
+
+
+def build_guider(model, conds: KeyframeConds, settings: GenerationSettings) -> SVDInbetweenGuider:
+    """The dual-direction guider on a patched clone of `model` (inputs already checked)."""
     m = with_proxies(model)
-    if guidance == "linear":
-        m.set_model_sampler_cfg_function(linear_cfg(min_cfg))
-    elif guidance != "constant":
-        fail(node, "guidance", f"must be 'constant' or 'linear', got {guidance!r}")
-    guider = SVDInbetweenGuider(m, mode=mode, forward_weight=forward_weight, execution=execution)
-    guider.set_conds(positive_start, negative_start, positive_end, negative_end)
-    guider.set_cfg(cfg)
+    if settings.guidance == "linear":
+        m.set_model_sampler_cfg_function(linear_cfg(settings.min_cfg))
+    forward_weight = settings.forward_weight if settings.spec.fused else 0.5
+    guider = SVDInbetweenGuider(m, mode=settings.mode, forward_weight=forward_weight, execution=settings.execution)
+    guider.set_conds(*conds)
+    guider.set_cfg(settings.cfg)
     return guider
 
 
-def sample_inbetween(node: str, model, positive_start, negative_start, positive_end, negative_end, latent: dict,
-                     seed: int, steps: int, cfg: float, mode: str = "gi", recurrence: int = 5,
-                     recurrence_ratio: float = 0.5, forward_weight: float = 0.5, execution: str = "auto",
-                     scheduler: str = "karras", guidance: str = "constant", min_cfg: float = 1.0,
+def sampler_for(settings: GenerationSettings) -> comfy.samplers.KSAMPLER:
+    """The SAMPLER the mode's schedule needs: recurrent Euler (fused) or ViBiD (alternating)."""
+    if settings.spec.alternating:
+        return vibid_sampler(settings.cfg_pp, settings.dds)
+    return recurrent_euler_sampler(settings.recurrence, settings.recurrence_ratio)
+
+
+def make_guider(node: str, model, conds: KeyframeConds, settings: GenerationSettings) -> SVDInbetweenGuider:
+    """SVDInbetweenGuider node: the checked GUIDER for SamplerCustomAdvanced."""
+    with labelled(node):
+        check_guider_inputs(model, conds, None, settings)
+        check_forward_weight(settings.forward_weight)
+    return build_guider(model, conds, settings)
+
+
+def sample_inbetween(node: str, model, conds: KeyframeConds, latent: dict, settings: GenerationSettings,
                      callback=None) -> dict:
-    samples = latent["samples"]
-    check_inputs(node, {"positive_start": positive_start, "positive_end": positive_end}, samples, steps=steps)
-    guider = make_guider(node, model, positive_start, negative_start, positive_end, negative_end, cfg, mode,
-                         forward_weight, execution, guidance, min_cfg)
-    return run_guider(node, guider, latent, seed, steps, scheduler, recurrent_euler_for(node, recurrence, recurrence_ratio),
-                      callback)
+    """Any mode, all in one: checks, guider, the schedule's sampler, seeded sampling -> LATENT."""
+    with labelled(node):
+        check_sampling_inputs(model, conds, latent["samples"], settings)
+        guider = build_guider(model, conds, settings)
+        sampler = sampler_for(settings)
+    return run_guider(guider, latent, settings, sampler, callback)
 
 
-def run_guider(node: str, guider, latent: dict, seed: int, steps: int, scheduler: str, sampler,
-               callback=None) -> dict:
+def run_guider(guider, latent: dict, settings: GenerationSettings, sampler, callback=None) -> dict:
     """Sigmas, seeded initial noise, progress bar, guider.sample -> a LATENT dict (as KSampler does)."""
-    check_choice(node, "scheduler", scheduler, comfy.samplers.SCHEDULER_NAMES)
-    if steps < 1:
-        fail(node, "steps", f"must be >= 1, got {steps}")
-    sigmas = comfy.samplers.calculate_sigmas(guider.model_patcher.get_model_object("model_sampling"), scheduler, steps)
+    sigmas = comfy.samplers.calculate_sigmas(guider.model_patcher.get_model_object("model_sampling"),
+                                             settings.scheduler, settings.steps)
     samples = comfy.sample.fix_empty_latent_channels(guider.model_patcher, latent["samples"])
-    noise = comfy.sample.prepare_noise(samples, seed)
+    noise = comfy.sample.prepare_noise(samples, settings.seed)
     if callback is None:
-        callback = latent_preview.prepare_callback(guider.model_patcher, steps)
+        callback = latent_preview.prepare_callback(guider.model_patcher, settings.steps)
     out = guider.sample(noise, samples, sampler, sigmas, callback=callback,
-                        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+                        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=settings.seed)
     result = latent.copy()
     result["samples"] = out.to(comfy.model_management.intermediate_device())
     return result

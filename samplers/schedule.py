@@ -1,6 +1,8 @@
 """The recurrence schedule and its noise (plain torch, no ComfyUI)."""
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 # Recurrence noise must not reuse the initial-noise stream (same seed, CPU generator).
@@ -29,3 +31,13 @@ def recurrence_generator(seed: int | None) -> torch.Generator:
     g = torch.Generator(device="cpu")
     g.manual_seed(((seed or 0) + NOISE_STREAM) % (2 ** 63))
     return g
+
+
+def recurrence_noise_sampler(x: torch.Tensor, seed: int | None) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """A k-diffusion noise_sampler(sigma, sigma_next) -> unit noise shaped like x, drawn on the CPU
+    from the seed's recurrence stream (so a seed gives the same video on every device)."""
+    generator = recurrence_generator(seed)
+
+    def noise_sampler(sigma, sigma_next) -> torch.Tensor:
+        return torch.randn(x.shape, generator=generator, dtype=x.dtype, device="cpu").to(x.device)
+    return noise_sampler

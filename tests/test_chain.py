@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from svd_inbetween.samplers.chain import boundaries, chain_windows, check_images, fuse_windows, parse_frame_counts
-from svd_inbetween.samplers.validation import InbetweenInputError
+from svd_inbetween.samplers.validation import InbetweenInputError, check_images, labelled
+from svd_inbetween.samplers.windows import boundaries, chain_windows, fuse_windows, parse_frame_counts
 
 NODE = "SVDInbetweenChain"
 
@@ -20,15 +20,15 @@ def test_windows_share_exactly_one_frame_and_keyframes_sit_at_their_ends():
 @pytest.mark.parametrize("text,segments,want", [("25", 3, [25, 25, 25]), ("25, 14,25", 3, [25, 14, 25]),
                                                 ("7;9", 2, [7, 9]), (14, 1, [14])])
 def test_parse_frame_counts(text, segments, want):
-    assert parse_frame_counts(NODE, text, segments) == want
+    assert parse_frame_counts(text, segments) == want
 
 
 @pytest.mark.parametrize("text,segments,match", [("25,25", 3, "2 frame counts for 3 segments"),
                                                  ("2", 1, "at least 3"), ("25,x", 2, "whole numbers"),
                                                  ("", 1, "0 frame counts")])
 def test_bad_frame_counts_name_node_and_input(text, segments, match):
-    with pytest.raises(InbetweenInputError, match=match) as e:
-        parse_frame_counts(NODE, text, segments)
+    with pytest.raises(InbetweenInputError, match=match) as e, labelled(NODE):
+        parse_frame_counts(text, segments)
     assert str(e.value).startswith(f"{NODE}: input 'frames'")
 
 
@@ -45,7 +45,7 @@ def test_fuse_windows_means_shared_frames_and_copies_the_rest_exactly():
 
 def test_check_images():
     with pytest.raises(InbetweenInputError, match="input 'images'.*at least 2 keyframes"):
-        check_images(NODE, torch.rand(1, 8, 8, 3))
+        check_images(torch.rand(1, 8, 8, 3))
     with pytest.raises(InbetweenInputError, match="NaN"):
-        check_images(NODE, torch.full((2, 8, 8, 3), float("nan")))
-    check_images(NODE, torch.rand(3, 8, 8, 3))
+        check_images(torch.full((2, 8, 8, 3), float("nan")))
+    check_images(torch.rand(3, 8, 8, 3))

@@ -76,7 +76,7 @@ def test_pages_document_every_input_and_output():
 
 
 def test_pages_with_a_mode_input_compare_every_mode_the_same_way():
-    from svd_inbetween.attention_patch.layers import MODES
+    from svd_inbetween.attention_patch.modes import MODES
     tables = {}
     for schema in schemas():
         if any(i.id == "mode" for i in schema.inputs):

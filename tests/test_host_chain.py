@@ -51,7 +51,7 @@ def plain(tiny, a, b, **kw):
 
 
 def fitted(key):
-    from svd_inbetween.samplers.keyframes import fit_image
+    from svd_inbetween.conditioning.keyframes import fit_image
     return fit_image(key, 64, 64, "crop")[0]
 
 

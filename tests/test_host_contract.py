@@ -57,7 +57,7 @@ CONTRACTS = [
                     "__call__")),
     Contract("comfy.samplers:CFGGuider.sample", "samplers/guider.py SVDInbetweenGuider.sample / ChainGuider.sample",
              params=("noise", "latent_image", "sampler", "sigmas", "denoise_mask", "callback", "disable_pbar", "seed")),
-    Contract("comfy.samplers:CFGGuider.inner_sample", "samplers/guider.py SVDInbetweenChainGuider.inner_sample "
+    Contract("comfy.samplers:CFGGuider.inner_sample", "samplers/chain_guider.py SVDInbetweenChainGuider.inner_sample "
              "(binds its arguments by name, processes each segment's conds, then calls the host's)",
              params=("noise", "latent_image", "device", "sampler", "sigmas", "denoise_mask", "callback",
                      "disable_pbar", "seed")),
@@ -68,7 +68,7 @@ CONTRACTS = [
     Contract("comfy.samplers:cfg_function", "samplers/guider.py SVDInbetweenGuider._guide",
              params=("model", "cond_pred", "uncond_pred", "cond_scale", "x", "timestep", "model_options", "cond",
                      "uncond")),
-    Contract("comfy.samplers:process_conds", "samplers/guider.py SVDInbetweenChainGuider.inner_sample",
+    Contract("comfy.samplers:process_conds", "samplers/chain_guider.py SVDInbetweenChainGuider.inner_sample",
              params=("model", "noise", "conds", "device", "latent_image", "denoise_mask", "seed")),
     Contract("comfy.samplers:KSAMPLER", "samplers/recurrent_euler.py, samplers/vibid.py (SAMPLER outputs)",
              params=("sampler_function", "extra_options", "inpaint_options")),
@@ -79,13 +79,17 @@ CONTRACTS = [
     Contract("comfy.sample:prepare_noise", "samplers/run.py run_guider (KSampler's initial noise)",
              params=("latent_image", "seed")),
     Contract("comfy.sample:fix_empty_latent_channels", "samplers/run.py run_guider", params=("model", "latent_image")),
-    Contract("comfy.sampler_helpers:prepare_sampling", "samplers/guider.py ChainGuider PREPARE_SAMPLING wrapper "
+    Contract("comfy.sampler_helpers:prepare_sampling", "samplers/chain_guider.py PREPARE_SAMPLING wrapper "
              "(reads noise_shape, passes *args/**kwargs on)", params=("model", "noise_shape", "conds", "model_options")),
-    Contract("comfy.patcher_extension:WrappersMP", "samplers/guider.py (PREPARE_SAMPLING)",
-             attrs=("PREPARE_SAMPLING",)),
-    Contract("comfy.patcher_extension:add_wrapper_with_key", "samplers/guider.py SVDInbetweenChainGuider.sample",
+    Contract("comfy.patcher_extension:WrappersMP", "samplers/chain_guider.py (PREPARE_SAMPLING), samplers/guider.py "
+             "(APPLY_MODEL)", attrs=("PREPARE_SAMPLING", "APPLY_MODEL")),
+    Contract("comfy.model_base:BaseModel.apply_model", "samplers/guider.py direction_wrapper (an APPLY_MODEL wrapper; "
+             "binds its arguments by name to find transformer_options)", params=("x", "t", "transformer_options"),
+             check=lambda f: None if "WrappersMP.APPLY_MODEL" in inspect.getsource(f) else "no longer runs APPLY_MODEL wrappers"),
+    Contract("comfy.patcher_extension:add_wrapper_with_key", "samplers/chain_guider.py SVDInbetweenChainGuider.sample, "
+             "samplers/guider.py SVDInbetweenGuider._unet",
              params=("wrapper_type", "key", "wrapper", "is_model_options")),
-    Contract("comfy.model_patcher:create_model_options_clone", "samplers/guider.py SVDInbetweenChainGuider.sample",
+    Contract("comfy.model_patcher:create_model_options_clone", "samplers/chain_guider.py, samplers/guider.py _unet",
              params=("orig_model_options",)),
     Contract("comfy.model_patcher:ModelPatcher", "attention_patch/layers.py with_proxies, weights/apply.py, "
              "samplers/validation.py", attrs=("clone", "add_object_patch", "get_model_object", "model_dtype"),
@@ -211,7 +215,8 @@ def test_host_api(contract: Contract):
 def test_model_function_wrapper_and_transformer_options_keys(tiny):
     """calc_cond_batch hands model_function_wrapper {input, timestep, c, cond_or_uncond} and
     the temporal attn1 modules receive transformer_options["cond_or_uncond"].
-    Used by samplers/guider.py direction_wrapper and attention_patch/proxy.py."""
+    Used by bench/measure.py UnetCounter (call counts), attention_patch/proxy.py and
+    samplers/guider.py direction_wrapper (cond_or_uncond inside apply_model's transformer_options)."""
     import comfy.model_management
     import comfy.samplers
     import torch
@@ -243,9 +248,11 @@ def test_model_function_wrapper_and_transformer_options_keys(tiny):
     sigmas = torch.tensor([1.0, 0.0])
     guider.sample(x, latent["samples"], comfy.samplers.sampler_object("euler"), sigmas, seed=0)
     api = "ComfyUI model_function_wrapper / transformer_options"
-    assert seen_args, f"{api}: model_function_wrapper was never called (samplers/guider.py direction_wrapper)"
+    assert seen_args, f"{api}: model_function_wrapper was never called (bench/measure.py UnetCounter)"
     missing = {"input", "timestep", "c", "cond_or_uncond"} - set(seen_args[0])
-    assert not missing, f"{api}: wrapper args lost {missing} (samplers/guider.py direction_wrapper)"
+    assert not missing, f"{api}: wrapper args lost {missing} (bench/measure.py UnetCounter)"
+    assert "cond_or_uncond" in seen_args[0]["c"].get("transformer_options", {}), \
+        f"{api}: apply_model's transformer_options lost 'cond_or_uncond' (samplers/guider.py direction_wrapper)"
     assert seen_topts and "cond_or_uncond" in seen_topts[0], \
         f"{api}: temporal attn1 no longer sees transformer_options['cond_or_uncond'] (attention_patch/proxy.py)"
 

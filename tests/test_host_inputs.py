@@ -11,11 +11,12 @@ pytestmark = pytest.mark.host
 
 def sample(tiny, model=None, conds=None, **kw):
     from svd_inbetween.samplers.run import sample_inbetween
+    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
     ps, ns, pe, ne, lat = conds or tiny.conds
     args = dict(seed=1, steps=2, cfg=2.0, mode="gi", recurrence=1, recurrence_ratio=0.5, forward_weight=0.5,
                 execution="batched")
     args.update(kw)
-    return sample_inbetween("SVDInbetweenSampler", model or tiny.model_gi, ps, ns, pe, ne, lat, **args)["samples"]
+    return sample_inbetween("SVDInbetweenSampler", model or tiny.model_gi, KeyframeConds(ps, ns, pe, ne), lat, GenerationSettings(**args))["samples"]
 
 
 def stock_conds(tiny, image, frames=FRAMES, size=SIZE):
@@ -55,7 +56,7 @@ def test_augmentation_is_seeded_and_shared(tiny):
 
 @pytest.mark.parametrize("mode", ["crop", "stretch", "pad"])
 def test_resize_modes_produce_the_requested_size(tiny, mode):
-    from svd_inbetween.samplers.keyframes import fit_image
+    from svd_inbetween.conditioning.keyframes import fit_image
     img = torch.rand(1, 48, 96, 3)
     out = fit_image(img, 64, 32 + 8, mode)
     assert out.shape == (1, 40, 64, 3)

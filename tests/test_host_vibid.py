@@ -10,12 +10,14 @@ STEPS = 2
 
 
 def run(tiny, model=None, mode="vibid_gi", **kw):
-    from svd_inbetween.samplers.vibid import sample_vibid_inbetween
+    from svd_inbetween.samplers.run import sample_inbetween
+    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
     ps, ns, pe, ne, lat = tiny.conds
     args = dict(seed=3, steps=STEPS, cfg=1.5, mode=mode, execution="batched")
     args.update(kw)
     default = tiny.model_gi if mode == "vibid_gi" else tiny.model
-    return sample_vibid_inbetween("test", model or default, ps, ns, pe, ne, lat, **args)["samples"]
+    return sample_inbetween("test", model or default, KeyframeConds(ps, ns, pe, ne), lat,
+                            GenerationSettings(**args))["samples"]
 
 
 class Counter:
@@ -44,7 +46,8 @@ def test_loop_matches_the_authors_flip_formulation_on_a_toy_denoiser():
     from test_vibid import authors_dds
 
     from svd_inbetween.samplers.schedule import recurrence_generator
-    from svd_inbetween.samplers.vibid import ANSWERS_MARK, BACKWARD, DIRECTION_KEY, sample_vibid
+    from svd_inbetween.samplers.protocol import ANSWERS_MARK, BACKWARD, DIRECTION_KEY
+    from svd_inbetween.samplers.vibid import sample_vibid
 
     frames, cfg = 5, 1.7
     g = torch.Generator().manual_seed(4)
@@ -94,7 +97,7 @@ def one_call_sampler(direction, answers):
     """A SAMPLER that makes one one-direction call at sigma_0 and returns its x0 (uncond kept in `answers`)."""
     import comfy.samplers
 
-    from svd_inbetween.samplers.vibid import DIRECTION_KEY, SEQUENTIAL_MARK, DirectionRequest
+    from svd_inbetween.samplers.protocol import DIRECTION_KEY, SENDS_REQUESTS_MARK, DirectionRequest
 
     def fn(model, x, sigmas, extra_args=None, callback=None, disable=None):
         req = DirectionRequest(direction)
@@ -102,7 +105,7 @@ def one_call_sampler(direction, answers):
         out = model(x, sigmas[0] * x.new_ones(x.shape[0]), **dict(extra_args, model_options=opts))
         answers.append(req)
         return out
-    setattr(fn, SEQUENTIAL_MARK, True)
+    setattr(fn, SENDS_REQUESTS_MARK, True)
     return comfy.samplers.KSAMPLER(fn)
 
 
@@ -131,11 +134,13 @@ def test_one_direction_call_is_stock_svd_on_that_direction(tiny, direction):
     import comfy.samplers
 
     from svd_inbetween.samplers.run import make_guider
+    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
     ps, ns, pe, ne, lat = tiny.conds
     sigmas = comfy.samplers.calculate_sigmas(tiny.model.get_model_object("model_sampling"), "karras", 4)[2:]
     noise = comfy.sample.prepare_noise(lat["samples"], 5)
     ours_ans, stock_ans = [], []
-    guider = make_guider("test", tiny.model, ps, ns, pe, ne, 2.5, "vibid", 0.5, "batched")
+    guider = make_guider("test", tiny.model, KeyframeConds(ps, ns, pe, ne),
+                         GenerationSettings(cfg=2.5, mode="vibid", forward_weight=0.5, execution="batched"))
     ours = guider.sample(noise, lat["samples"], one_call_sampler(direction, ours_ans), sigmas, seed=5)
     stock = comfy.samplers.CFGGuider(tiny.model)
     stock.set_conds(*((ps, ns) if direction == "forward" else (pe, ne)))
@@ -224,8 +229,10 @@ def test_mismatched_building_blocks_and_missing_weights_are_refused_before_sampl
     with pytest.raises(InbetweenInputError, match="test: input 'model'.*vibid_gi"):
         run(tiny, tiny.model, mode="vibid_gi")
     from fixtures_host import conditioning
-    from svd_inbetween.samplers.vibid import sample_vibid_inbetween
+    from svd_inbetween.samplers.run import sample_inbetween
+    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
     small = conditioning(tiny.clip_vision, tiny.vae, size=32)
     with pytest.raises(InbetweenInputError, match="test: input 'positive_end'.*32x32.*64x64"):
-        sample_vibid_inbetween("test", tiny.model, ps, ns, small[2], small[3], lat, 0, STEPS, 1.0)
+        sample_inbetween("test", tiny.model, KeyframeConds(ps, ns, small[2], small[3]), lat,
+                         GenerationSettings(seed=0, steps=STEPS, cfg=1.0, mode="vibid"))
     assert counter.videos == []

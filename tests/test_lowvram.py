@@ -13,11 +13,12 @@ BUDGET_ENV = "SVD_INBETWEEN_MEMORY_BUDGET_MB"
 
 def run(tiny, model=None, **kw):
     from svd_inbetween.samplers.run import sample_inbetween
+    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
     ps, ns, pe, ne, lat = tiny.conds
     args = dict(seed=3, steps=4, cfg=2.0, mode="gi", recurrence=5, recurrence_ratio=0.5, forward_weight=0.5,
                 execution="sequential", callback=lambda *a: None)
     args.update(kw)
-    return sample_inbetween("test", model or tiny.model_gi, ps, ns, pe, ne, lat, **args)["samples"]
+    return sample_inbetween("test", model or tiny.model_gi, KeyframeConds(ps, ns, pe, ne), lat, GenerationSettings(**args))["samples"]
 
 
 class Pieces:
@@ -54,6 +55,7 @@ def predictions(model, conds, latent, execution: str, mode: str = "gi", sigmas=(
     6e-5; at these sigmas it stays within about 30, so 1e-5 is ~100 fp32 steps of it.)"""
     import comfy.samplers
     from svd_inbetween.samplers.run import make_guider
+    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
     ps, ns, pe, ne = conds
     got = []
 
@@ -61,7 +63,8 @@ def predictions(model, conds, latent, execution: str, mode: str = "gi", sigmas=(
         for s in sigmas_[:-1]:
             got.append(model_k(x * s, s * x.new_ones([x.shape[0]]), **(extra_args or {})))
         return x
-    guider = make_guider("test", model, ps, ns, pe, ne, 2.0, mode, 0.5, execution)
+    guider = make_guider("test", model, KeyframeConds(ps, ns, pe, ne),
+                         GenerationSettings(cfg=2.0, mode=mode, forward_weight=0.5, execution=execution))
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(7))
     guider.sample(noise, latent, comfy.samplers.KSAMPLER(probe), torch.tensor([*sigmas, 0.0]), disable_pbar=True,
                   seed=0)
@@ -158,7 +161,8 @@ def test_frame_chunked_layers_keep_keys_and_stay_whole_outside(tiny, monkeypatch
 
 def _needed(tiny, execution):
     """needed_bytes of `execution` for the tiny model's latent, as the guider computes it."""
-    from svd_inbetween.attention_patch.layers import rotate_layers, temporal_attn1_paths
+    from svd_inbetween.attention_patch.layers import temporal_attn1_paths
+    from svd_inbetween.attention_patch.modes import rotate_layers
     from svd_inbetween.samplers.execution import execution_estimates, needed_bytes
     x = tiny.conds[4]["samples"]
     est = execution_estimates(tiny.model_gi, tiny.model_gi.model, x,
@@ -168,8 +172,9 @@ def _needed(tiny, execution):
 
 def test_auto_picks_the_fastest_that_fits_and_logs_why(tiny, monkeypatch, caplog):
     import comfy.model_management
-    from svd_inbetween.samplers.recurrent_euler import recurrent_euler_for
+    from svd_inbetween.samplers.recurrent_euler import recurrent_euler_sampler
     from svd_inbetween.samplers.run import make_guider, run_guider
+    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
     need = {e: _needed(tiny, e) for e in ("batched", "sequential", "lowvram")}
     assert need["batched"] > need["sequential"] > need["lowvram"]
     ps, ns, pe, ne, lat = tiny.conds
@@ -184,10 +189,11 @@ def test_auto_picks_the_fastest_that_fits_and_logs_why(tiny, monkeypatch, caplog
             monkeypatch.setenv(BUDGET_ENV, f"{budget / 2**20:.6f}")
         caplog.clear()
         with caplog.at_level(logging.INFO, logger="svd_inbetween.samplers.execution"):
-            guider = make_guider("test", tiny.model_gi, ps, ns, pe, ne, 2.0, "gi", 0.5, "auto")
+            settings = GenerationSettings(seed=3, steps=3, cfg=2.0, mode="gi", forward_weight=0.5, execution="auto",
+                                          recurrence=1, recurrence_ratio=0.5)
+            guider = make_guider("test", tiny.model_gi, KeyframeConds(ps, ns, pe, ne), settings)
             # 3 steps: with fewer, one step goes from sigma 700 to ~0 and fp32 leaves ulp(700) of resolution
-            out = run_guider("test", guider, lat, 3, 3, "karras", recurrent_euler_for("test", 1, 0.5),
-                             callback=lambda *a: None)["samples"]
+            out = run_guider(guider, lat, settings, recurrent_euler_sampler(1, 0.5), callback=lambda *a: None)["samples"]
         assert guider.chosen_execution == expected, (budget, need)
         records = [r for r in caplog.records if "auto execution" in r.getMessage()]
         assert len(records) == 1 and f"runs {expected} " in records[0].getMessage(), records

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from svd_inbetween.samplers.vibid import cfgpp_step, pin_frames
+from svd_inbetween.samplers.steps import cfgpp_step, pin_frames
 
 
 def authors_dds(x: torch.Tensor, latent: torch.Tensor, frame: int, n_inner: int = 5, eps: float = 1e-5):

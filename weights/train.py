@@ -27,7 +27,7 @@ from torch import nn
 from ..attention_patch.layers import proxies, temporal_attn1_paths, with_proxies
 from ..attention_patch.rotation import flip_frames
 from ..attention_patch.run_state import BACKWARD_COND, FORWARD_COND, RUN_KEY, InbetweenRun
-from ..samplers.keyframes import augment
+from ..conditioning.keyframes import augment
 from .apply import model_base_weights
 from .format import KINDS
 from .train_data import StepSampler, sample_seed

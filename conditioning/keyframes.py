@@ -1,6 +1,8 @@
 """Preparing the two keyframes as SVD conditioning (plain torch + ComfyUI's encoders)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 RESIZE_MODES = ("crop", "stretch", "pad")
@@ -68,16 +70,28 @@ def svd_conds(clip_vision, vae, pixels: torch.Tensor, encode_pixels: torch.Tenso
     return positive, negative
 
 
-def encode_keyframes(clip_vision, vae, images: list[torch.Tensor], width: int, height: int, resize: str, seed: int,
-                     motion_bucket_id: int, fps: int, augmentation_level: float, frames: int):
+@dataclass(frozen=True)
+class KeyframeEncoding:
+    """How keyframes become SVD conditioning: video size, SVD's micro-conditioning, fitting."""
+    width: int = 1024
+    height: int = 576
+    motion_bucket_id: int = 127
+    fps: int = 7
+    augmentation_level: float = 0.02
+    resize: str = "crop"
+
+
+def encode_keyframes(clip_vision, vae, images: list[torch.Tensor], encoding: KeyframeEncoding, seed: int,
+                     frames: int):
     """Keyframes ([1, H, W, C] each) -> (the resized keyframes, their (positive, negative) conds).
 
     One augmentation noise (from `seed`) is shared by every keyframe, as in the authors' pipeline.
     """
-    keys = [fit_image(image, width, height, resize) for image in images]
+    e = encoding
+    keys = [fit_image(image, e.width, e.height, e.resize) for image in images]
     noise = augmentation_noise(keys[0].shape, seed)
-    conds = [svd_conds(clip_vision, vae, k, augment(k, augmentation_level, noise), motion_bucket_id, fps,
-                       augmentation_level, frames) for k in keys]
+    conds = [svd_conds(clip_vision, vae, k, augment(k, e.augmentation_level, noise), e.motion_bucket_id, e.fps,
+                       e.augmentation_level, frames) for k in keys]
     return keys, conds
 
 

@@ -1,0 +1,77 @@
+"""What each sampler mode means: the one table everything else asks.
+
+rotation: which temporal attn1 layers give the backward pass the rotated forward maps
+    ("all" 16, "up" the output blocks only, "none" plain time-reversed pass);
+finetuned: the backward pass uses the fine-tuned W_v'/W_o' (needs backward weights);
+schedule: "fused" (one fused prediction of both directions per step, recurrent Euler)
+    or "alternating" (ViBiD: a forward then a backward denoise per step, one direction
+    per model call);
+help: what a user gets, for tooltips and --help.
+The combo strings (the keys) are public: workflows store them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROTATIONS = ("all", "up", "none")
+SCHEDULES = ("fused", "alternating")
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    rotation: str
+    finetuned: bool
+    schedule: str
+    help: str
+
+    def __post_init__(self):
+        if self.rotation not in ROTATIONS or self.schedule not in SCHEDULES:
+            raise ValueError(f"mode {self.name!r}: bad rotation {self.rotation!r} or schedule {self.schedule!r}")
+
+    @property
+    def fused(self) -> bool:
+        return self.schedule == "fused"
+
+    @property
+    def alternating(self) -> bool:
+        return self.schedule == "alternating"
+
+
+MODE_TABLE: dict[str, Mode] = {m.name: m for m in (
+    Mode("gi", "all", True, "fused",
+         "the paper's method: the most coherent motion, slowest; needs the backward weights"),
+    Mode("gi_no_finetune", "up", False, "fused",
+         "the paper without its fine-tuned weights: weaker backward motion; needs no extra file"),
+    Mode("trf", "none", False, "fused",
+         "baseline: forward and time-reversed SVD averaged; needs no extra file, can blend two motions"),
+    Mode("vibid", "none", False, "alternating",
+         "fast preview (ViBiDSampler, about 7x less work than gi); needs no extra file; "
+         "use about 25 steps and cfg 1.0"),
+    Mode("vibid_gi", "all", True, "alternating",
+         "vibid's speed with the backward-motion model; needs the backward weights; "
+         "use about 25 steps and cfg 1.0"),
+)}
+
+MODES = tuple(MODE_TABLE)
+FUSED_MODES = tuple(n for n, m in MODE_TABLE.items() if m.fused)
+ALTERNATING_MODES = tuple(n for n, m in MODE_TABLE.items() if m.alternating)
+BACKWARD_WEIGHT_MODES = tuple(n for n, m in MODE_TABLE.items() if m.finetuned)
+MODE_HELP = {n: m.help for n, m in MODE_TABLE.items()}
+
+
+def mode_of(name: str) -> Mode:
+    try:
+        return MODE_TABLE[name]
+    except KeyError:
+        raise ValueError(f"unknown mode {name!r}; choose one of {', '.join(MODES)}") from None
+
+
+def rotate_layers(paths: list[str], mode: str | Mode) -> frozenset[str]:
+    """The temporal attn1 paths whose backward chunks use rot180 of the forward maps."""
+    rotation = (mode if isinstance(mode, Mode) else mode_of(mode)).rotation
+    if rotation == "all":
+        return frozenset(paths)
+    if rotation == "up":
+        return frozenset(p for p in paths if p.startswith("output_blocks."))
+    return frozenset()

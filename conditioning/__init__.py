@@ -1,0 +1,1 @@
+"""Keyframes as SVD conditioning: fitting, noise augmentation, CLIP vision + VAE encoding."""

@@ -1,0 +1,47 @@
+"""The settings of one generation, shared by the nodes, the bench and the CLI's workflows."""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import NamedTuple
+
+from ..attention_patch.modes import MODES, Mode, mode_of
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Defaults are the paper's (SVD-XT, 50 Euler steps, cfg 2, recurrence 5 over half the steps).
+
+    recurrence, recurrence_ratio and forward_weight apply to the fused modes; cfg_pp and dds
+    to the alternating (ViBiD) ones; min_cfg to guidance "linear".
+    """
+    seed: int = 0
+    steps: int = 50
+    cfg: float = 2.0
+    mode: str = "gi"
+    recurrence: int = 5
+    recurrence_ratio: float = 0.5
+    forward_weight: float = 0.5
+    execution: str = "auto"
+    scheduler: str = "karras"
+    guidance: str = "constant"
+    min_cfg: float = 1.0
+    cfg_pp: bool = True
+    dds: bool = True
+
+    @property
+    def spec(self) -> Mode:
+        return mode_of(self.mode) if self.mode in MODES else None
+
+    @classmethod
+    def from_inputs(cls, **inputs) -> GenerationSettings:
+        """The settings among a node's (or a CLI's) inputs; other inputs are ignored."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in inputs.items() if k in names})
+
+
+class KeyframeConds(NamedTuple):
+    """The four CONDITIONING inputs of the dual-direction guider, by their node input names."""
+    positive_start: list
+    negative_start: list
+    positive_end: list
+    negative_end: list

@@ -1,0 +1,108 @@
+"""The pack's packages import one way: no cycle among modules, every pack import at the top.
+
+`python tests/test_import_graph.py [PACKAGE ...]` prints the graph (module -> modules it imports).
+"""
+from __future__ import annotations
+
+import ast
+import os
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Packages whose modules must form a DAG with imports only at module level.
+STRICT = ("samplers", "attention_patch")
+# Packages whose cross-package arrows must go down this order (nodes may import all below it).
+LAYERS = ("nodes", "samplers", "attention_patch")
+
+
+def _module_name(path: str) -> str:
+    rel = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".")
+    return rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+def _resolve(module: str, node: ast.ImportFrom | ast.Import, is_package: bool) -> list[str]:
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    if node.level == 0:
+        base = node.module or ""
+        return [base] + [f"{base}.{a.name}" for a in node.names]
+    parts = module.split(".")
+    parts = parts[:len(parts) - node.level + (1 if is_package else 0)]
+    base = ".".join(parts + ([node.module] if node.module else []))
+    return [base] + [f"{base}.{a.name}" for a in node.names]
+
+
+def package_modules(package: str) -> dict[str, str]:
+    folder = os.path.join(REPO, package)
+    return {_module_name(os.path.join(folder, f)): os.path.join(folder, f)
+            for f in sorted(os.listdir(folder)) if f.endswith(".py")}
+
+
+def imports(package: str) -> dict[str, list[tuple[str, int, bool]]]:
+    """module -> [(imported pack module, line, at module level)] for the package's modules."""
+    known = {m for p in LAYERS + ("weights", "cli", "bench", "evaluation") if os.path.isdir(os.path.join(REPO, p))
+             for m in package_modules(p)}
+    out = {}
+    for module, path in package_modules(package).items():
+        tree = ast.parse(open(path, encoding="utf-8").read())
+        top = {id(n) for n in tree.body}
+        top |= {id(c) for n in tree.body if isinstance(n, ast.If) for c in n.body}  # TYPE_CHECKING blocks
+        edges = []
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for target in _resolve(module, node, path.endswith("__init__.py")):
+                    if target in known and target != module:
+                        edges.append((target, node.lineno, id(node) in top))
+        out[module] = sorted(set(edges))
+    return out
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    found, state, stack = [], {}, []
+
+    def visit(n):
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if state.get(m) == 1:
+                found.append(stack[stack.index(m):] + [m])
+            elif m in graph and not state.get(m):
+                visit(m)
+        stack.pop()
+        state[n] = 2
+
+    for n in sorted(graph):
+        if not state.get(n):
+            visit(n)
+    return found
+
+
+def test_no_import_cycle_in_strict_packages():
+    for package in STRICT:
+        graph = {m: {t for t, _, _ in e if t.startswith(package + ".")} for m, e in imports(package).items()}
+        assert not cycles(graph), f"{package}/ has import cycles: {cycles(graph)}"
+
+
+def test_strict_packages_import_at_the_top():
+    lazy = [f"{m} imports {t} at line {line} inside a function" for p in STRICT
+            for m, edges in imports(p).items() for t, line, top in edges if not top]
+    assert not lazy, "\n".join(lazy)
+
+
+def test_layers_import_downwards():
+    up = []
+    for i, package in enumerate(LAYERS):
+        higher = LAYERS[:i]
+        for m, edges in imports(package).items():
+            up += [f"{m} -> {t}" for t, _, _ in edges if t.split(".")[0] in higher]
+    assert not up, f"imports against the layer order {' -> '.join(LAYERS)}: {up}"
+
+
+if __name__ == "__main__":
+    for package in sys.argv[1:] or STRICT:
+        for m, edges in imports(package).items():
+            inner = sorted({t for t, _, _ in edges if t.startswith(package + ".")})
+            lazy = sorted({t for t, _, top in edges if t.startswith(package + ".") and not top})
+            print(f"{m} -> {', '.join(inner) or '-'}" + (f"   (inside functions: {', '.join(lazy)})" if lazy else ""))
+        graph = {m: {t for t, _, _ in e if t.startswith(package + ".")} for m, e in imports(package).items()}
+        print(f"{package}: {sum(len(v) for v in graph.values())} edges, cycles: {cycles(graph) or 'none'}\n")
