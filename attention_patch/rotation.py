@@ -55,7 +55,3 @@ def apply_probs(probs: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     out = torch.matmul(probs.to(v.dtype), split_heads(v, heads))
     return merge_heads(out)
 
-
-def map_bytes(rows: int, heads: int, frames: int, element_size: int) -> int:
-    """Bytes of one layer's maps for `rows` (video, position) rows."""
-    return rows * heads * frames * frames * element_size

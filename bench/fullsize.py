@@ -24,7 +24,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..attention_patch.rotation import map_bytes
 from ..samplers.schedule import fused_evaluations
 from .models import ARCH, svd_base_model
 
@@ -75,6 +74,11 @@ class LiveBytes(TorchDispatchMode):
             weakref.finalize(t, self._release, key, id(t))
         return out
 
+
+
+def map_bytes(rows: int, heads: int, frames: int, element_size: int) -> int:
+    """Bytes of one layer's attention maps for `rows` (video, position) rows."""
+    return rows * heads * frames * frames * element_size
 
 def _flash_like(func, q, k, v, heads, *args, **kwargs):
     """Attention output without materialising scores (memory of a fused kernel)."""

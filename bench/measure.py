@@ -127,6 +127,7 @@ class UnetCounter:
         self.frames = frames
         self.calls = 0
         self.videos = 0
+        self.per_call: list[int] = []  # videos in each call, in call order
         self.run = None
 
     def __deepcopy__(self, memo):
@@ -135,7 +136,8 @@ class UnetCounter:
 
     def __call__(self, apply_model, args):
         self.calls += 1
-        self.videos += args["input"].shape[0] // self.frames
+        self.per_call.append(args["input"].shape[0] // self.frames)
+        self.videos += self.per_call[-1]
         self.run = args["c"].get("transformer_options", {}).get(RUN_KEY, self.run)
         return apply_model(args["input"], args["timestep"], **args["c"])
 

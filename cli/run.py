@@ -10,12 +10,11 @@ import os
 from dataclasses import dataclass
 
 from ..attention_patch.modes import BACKWARD_WEIGHT_MODES, MODE_HELP, MODES
-from ..evaluation.data import IMAGE_EXTS
 from ..samplers.execution import EXECUTIONS
-from ..conditioning.keyframes import RESIZE_MODES
+from ..conditioning.keyframes import IMAGE_EXTS, RESIZE_MODES
+from .comfy_session import PACK_DIR
 
 log = logging.getLogger(__name__)
-PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKFLOW = os.path.join(PACK_DIR, "workflows", "api", "svd_inbetween_full.json")
 GENERATION_FLAGS = ("width", "height", "frames", "steps", "seed", "cfg", "mode", "recurrence", "recurrence_ratio",
                     "forward_weight", "execution", "motion_bucket_id", "fps", "resize")

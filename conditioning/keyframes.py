@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 
 RESIZE_MODES = ("crop", "stretch", "pad")
+# Image files a keyframe, frame or clip folder may hold.
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Extra key in our cond dicts so the sampler can check frame counts; SVD ignores it.
 FRAMES_KEY = "svd_inbetween_frames"
 

@@ -31,6 +31,13 @@ class Tiny:
         self.conds = conditioning(self.clip_vision, self.vae)
 
 
+def stock_ksampler(model, conds, seed: int, steps: int, cfg: float = 2.0) -> torch.Tensor:
+    """Latents of ComfyUI's stock KSampler (euler, karras) with the start-frame conds: the reference."""
+    import nodes
+    ps, ns, _, _, lat = conds
+    return nodes.common_ksampler(model, seed, steps, cfg, "euler", "karras", ps, ns, lat)[0]["samples"]
+
+
 def sample_custom_advanced(model, guider, sampler, latent: dict, seed: int, steps: int) -> torch.Tensor:
     """Latents from the stock SamplerCustomAdvanced with seeded noise and karras sigmas."""
     import comfy.sample

@@ -27,8 +27,7 @@ def import_pack():
 
 def setup_comfy() -> None:
     """Make ComfyUI importable and CPU-only (must run before comfy.model_management is imported)."""
-    if COMFYUI_PATH not in sys.path:
-        sys.path.insert(0, COMFYUI_PATH)
-    import comfy.cli_args
-    comfy.cli_args.args.cpu = True
+    import_pack()
+    from svd_inbetween.cli.comfy_session import prepare_comfyui
+    prepare_comfyui(COMFYUI_PATH, cpu=True)
     import utils.extra_config  # noqa: F401  (before `nodes`, see COMFYUI_NOTES)

@@ -74,13 +74,13 @@ def test_reference_differs_between_modes_and_uses_backward_weights(tiny):
 
 
 def test_reference_leaves_stock_sampling_untouched(tiny):
-    import nodes
+    from fixtures_host import stock_ksampler
     from svd_inbetween.bench.models import random_conds
     from svd_inbetween.bench.reference import ReferenceScheme
     ps, ns, pe, ne, lat = random_conds("tiny", 64, 64, 5)
-    before = nodes.common_ksampler(tiny.model, 3, 2, 2.0, "euler", "karras", ps, ns, lat)[0]["samples"]
+    before = stock_ksampler(tiny.model, (ps, ns, pe, ne, lat), 3, 2)
     ReferenceScheme(tiny.model, "gi", tiny.backward).sample(ps, ns, pe, ne, lat, 0, 1, 2.0, 0, 0.5)
-    after = nodes.common_ksampler(tiny.model, 3, 2, 2.0, "euler", "karras", ps, ns, lat)[0]["samples"]
+    after = stock_ksampler(tiny.model, (ps, ns, pe, ne, lat), 3, 2)
     assert torch.equal(before, after)
 
 

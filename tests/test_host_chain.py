@@ -68,12 +68,12 @@ def test_one_segment_equals_the_plain_sampler_and_ends_are_the_keyframes(tiny, m
 
 def test_loop_chain_frames_boundaries_coupling_determinism_and_no_leaks(tiny, monkeypatch):
     import comfy.sampler_helpers
-    import nodes
+    from fixtures_host import stock_ksampler
     a, b = images(2, seed=1)
     ps, ns, _, _, lat = tiny.conds
 
     def ksampler():
-        return nodes.common_ksampler(tiny.model, SEED, STEPS, 2.0, "euler", "karras", ps, ns, lat)[0]["samples"]
+        return stock_ksampler(tiny.model, tiny.conds, SEED, STEPS)
     before = ksampler()
     estimate, shapes = comfy.sampler_helpers.estimate_memory, []
     monkeypatch.setattr(comfy.sampler_helpers, "estimate_memory",

@@ -20,9 +20,8 @@ def run(tiny, model=None, **kw):
 
 
 def ksampler(tiny, model=None, seed=3, cfg=2.0):
-    import nodes
-    ps, ns, _, _, lat = tiny.conds
-    return nodes.common_ksampler(model or tiny.model, seed, STEPS, cfg, "euler", "karras", ps, ns, lat)[0]["samples"]
+    from fixtures_host import stock_ksampler
+    return stock_ksampler(model or tiny.model, tiny.conds, seed, STEPS, cfg)
 
 
 @pytest.mark.parametrize("mode", ["gi", "gi_no_finetune", "trf"])

@@ -20,22 +20,10 @@ def run(tiny, model=None, mode="vibid_gi", **kw):
                             GenerationSettings(**args))["samples"]
 
 
-class Counter:
-    """model_function_wrapper counting UNet calls and the videos in each."""
-
-    def __init__(self, frames):
-        self.frames, self.videos = frames, []
-
-    def __deepcopy__(self, memo):
-        return self
-
-    def __call__(self, apply_model, args):
-        self.videos.append(args["input"].shape[0] // self.frames)
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-
 def counted(model, frames=5):
-    counter = Counter(frames)
+    """A clone of `model` whose UNet calls are counted (videos per call in counter.per_call)."""
+    from svd_inbetween.bench.measure import UnetCounter
+    counter = UnetCounter(frames)
     m = model.clone()
     m.set_model_unet_function_wrapper(counter)
     return m, counter
@@ -163,13 +151,13 @@ def test_batched_equals_sequential_and_unet_calls(tiny, mode):
     b = run(tiny, mb, mode=mode, execution="batched")
     s = run(tiny, ms, mode=mode, execution="sequential")
     diff = (b - s).abs().max().item()
-    print(f"{mode}: batched vs sequential max abs diff {diff:.3g}; calls {cb.videos} / {cs.videos}")
+    print(f"{mode}: batched vs sequential max abs diff {diff:.3g}; calls {cb.per_call} / {cs.per_call}")
     assert diff <= 1e-4
     if mode == "vibid":  # forward call, backward call; uncond+cond in each (CFG++ needs the uncond)
-        assert cb.videos == cs.videos == [2, 2] * STEPS
+        assert cb.per_call == cs.per_call == [2, 2] * STEPS
     else:  # the backward call also runs the forward chunks on the same latent for their maps
-        assert cb.videos == [2, 4] * STEPS
-        assert cs.videos == [2, 2, 2] * STEPS
+        assert cb.per_call == [2, 4] * STEPS
+        assert cs.per_call == [2, 2, 2] * STEPS
 
 
 def test_seeded_and_modes_differ(tiny):
@@ -222,7 +210,7 @@ def test_mismatched_building_blocks_and_missing_weights_are_refused_before_sampl
     stock.set_conds(ps, ns)
     with pytest.raises(InbetweenInputError, match="SVDInbetweenViBiDSampler: input 'sampler'.*SVD Inbetween Guider"):
         stock.sample(noise, lat["samples"], SVDInbetweenViBiDSampler.execute().args[0], sigmas)
-    assert counter.videos == []
+    assert counter.per_call == []
     with pytest.raises(InbetweenInputError, match="SVDInbetweenGuider: input 'model'.*vibid_gi.*"
                                                   "SVDInbetweenLoadBackwardWeights"):
         SVDInbetweenGuider.execute(tiny.model, ps, ns, pe, ne, 1.0, "vibid_gi", 0.5, "batched")
@@ -235,4 +223,4 @@ def test_mismatched_building_blocks_and_missing_weights_are_refused_before_sampl
     with pytest.raises(InbetweenInputError, match="test: input 'positive_end'.*32x32.*64x64"):
         sample_inbetween("test", tiny.model, KeyframeConds(ps, ns, small[2], small[3]), lat,
                          GenerationSettings(seed=0, steps=STEPS, cfg=1.0, mode="vibid"))
-    assert counter.videos == []
+    assert counter.per_call == []

@@ -16,9 +16,10 @@ def run(tiny, model=None, **kw):
     from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
     ps, ns, pe, ne, lat = tiny.conds
     args = dict(seed=3, steps=4, cfg=2.0, mode="gi", recurrence=5, recurrence_ratio=0.5, forward_weight=0.5,
-                execution="sequential", callback=lambda *a: None)
+                execution="sequential")
     args.update(kw)
-    return sample_inbetween("test", model or tiny.model_gi, KeyframeConds(ps, ns, pe, ne), lat, GenerationSettings(**args))["samples"]
+    return sample_inbetween("test", model or tiny.model_gi, KeyframeConds(ps, ns, pe, ne), lat, GenerationSettings(**args),
+                            callback=lambda *a: None)["samples"]
 
 
 class Pieces:
@@ -123,13 +124,13 @@ def test_lowvram_reaches_the_temporal_attention_pieces(tiny, monkeypatch):
 
 def test_stock_sampling_unchanged_by_the_lowvram_patches(tiny, monkeypatch):
     """KSampler through the patched clone == through the stock model, bit for bit, also after lowvram runs."""
-    import nodes
+    from fixtures_host import stock_ksampler
     from svd_inbetween.attention_patch import chunking
     monkeypatch.setattr(chunking, "PIECE_BYTES", 2048)
     ps, ns, _, _, lat = tiny.conds
 
     def ksampler(model):
-        return nodes.common_ksampler(model, 5, 3, 2.0, "euler", "karras", ps, ns, lat)[0]["samples"]
+        return stock_ksampler(model, tiny.conds, 5, 3)
     stock = ksampler(tiny.model)
     patched = ksampler(tiny.model_gi)
     run(tiny, steps=1, recurrence=0, execution="lowvram")

@@ -19,10 +19,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..attention_patch.layers import PREFIX
+
 FORMAT = "svd_inbetween.backward"
 FORMAT_VERSION = "1"
 KINDS = ("absolute", "delta")
-PREFIX = "diffusion_model."
 
 
 class BackwardWeightsError(ValueError):

@@ -19,10 +19,11 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
+from ..conditioning.keyframes import IMAGE_EXTS
+
 log = logging.getLogger(__name__)
 
 VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 RESIZE_MODES = ("crop", "stretch")
 
 
