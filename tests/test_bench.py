@@ -224,7 +224,7 @@ def test_lowvram_fits_an_8gb_card_by_the_accounting(lowvram_full_size):
 def test_auto_estimate_matches_the_tracer_on_svd_xt():
     """samplers.execution's fitted estimate (what auto decides with) against the tracer at sizes it was not
     fitted at, and its analytic map bytes against the maps the traced layers hold."""
-    from svd_inbetween.attention_patch.rotation import map_bytes
+    from svd_inbetween.bench.fullsize import map_bytes
     from svd_inbetween.bench import fullsize as fs
     from svd_inbetween.bench.models import svd_base_model
     from svd_inbetween.samplers.execution import activation_terms, estimate_bytes
