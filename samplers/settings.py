@@ -29,7 +29,7 @@ class GenerationSettings:
     dds: bool = True
 
     @property
-    def spec(self) -> Mode:
+    def spec(self) -> Mode | None:
         return mode_of(self.mode) if self.mode in MODES else None
 
     @classmethod
