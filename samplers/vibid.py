@@ -1,4 +1,7 @@
-"""ViBiD: sequential bidirectional sampling (Yang et al., ICLR 2025) on the dual-direction guider.
+"""ViBiD (Yang et al., ICLR 2025), the "alternating" schedule, on the dual-direction guider.
+
+The paper calls it sequential sampling; here "sequential" names only an execution (two
+UNet calls per fused step, samplers/execution.py), so this schedule is "alternating".
 
 Each step sigma_i -> sigma_{i+1}:
   1. forward denoise of x (conditioned on the start frame), Euler/CFG++ step to sigma_{i+1};
