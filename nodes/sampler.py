@@ -122,7 +122,7 @@ class SVDInbetweenViBiDSampler(io.ComfyNode):
 
     @classmethod
     def execute(cls, cfg_pp=True, dds=True) -> io.NodeOutput:
-        return io.NodeOutput(vibid_sampler(cfg_pp, dds))
+        return io.NodeOutput(vibid_sampler(cfg_pp, dds, node="SVDInbetweenViBiDSampler"))
 
 
 __all__ = ["SVDInbetweenSampler", "SVDInbetweenGuider", "SVDInbetweenRecurrentEuler", "SVDInbetweenViBiDSampler"]

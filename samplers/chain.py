@@ -51,7 +51,7 @@ def sample_chain(node: str, model, clip_vision, vae, images: torch.Tensor, encod
     guiders = []
     for seg in segments:
         g = SVDInbetweenGuider(m, mode=settings.mode, forward_weight=settings.forward_weight,
-                               execution=settings.execution)
+                               execution=settings.execution, node=node)
         g.set_conds(*seg)
         g.set_cfg(settings.cfg)
         guiders.append(g)

@@ -84,8 +84,10 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
     backward chunks consume their attention maps; their outputs are dropped.
     """
 
-    def __init__(self, model_patcher, mode: str = "gi", forward_weight: float = 0.5, execution: str = "auto"):
+    def __init__(self, model_patcher, mode: str = "gi", forward_weight: float = 0.5, execution: str = "auto",
+                 node: str | None = None):
         super().__init__(model_patcher)
+        self.node = node  # the node that made this guider, named in the sample-time check below
         if execution not in EXECUTIONS:
             raise ValueError(f"execution must be one of {EXECUTIONS}, got {execution!r}")
         self.mode = mode_of(mode)
@@ -109,7 +111,7 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
         if self.mode.alternating and not sends_requests(sampler):
             fail("mode", f"{self.mode.name!r} denoises the two directions one after the other and needs the "
                  "SVDInbetweenViBiDSampler as SAMPLER; with other samplers pick gi, gi_no_finetune or trf",
-                 node="SVDInbetweenGuider")
+                 node=self.node)
 
     def begin_run(self) -> None:
         """Per-run state; `sample` calls it, a chain guider calls it for each segment."""

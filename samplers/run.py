@@ -41,13 +41,14 @@ def check_sampling_inputs(model, conds: KeyframeConds, latent, settings: Generat
     check_steps(settings.steps)
 
 
-def build_guider(model, conds: KeyframeConds, settings: GenerationSettings) -> SVDInbetweenGuider:
+def build_guider(model, conds: KeyframeConds, settings: GenerationSettings, node: str | None = None) -> SVDInbetweenGuider:
     """The dual-direction guider on a patched clone of `model` (inputs already checked)."""
     m = with_proxies(model)
     if settings.guidance == "linear":
         m.set_model_sampler_cfg_function(linear_cfg(settings.min_cfg))
     forward_weight = settings.forward_weight if settings.spec.fused else 0.5
-    guider = SVDInbetweenGuider(m, mode=settings.mode, forward_weight=forward_weight, execution=settings.execution)
+    guider = SVDInbetweenGuider(m, mode=settings.mode, forward_weight=forward_weight, execution=settings.execution,
+                                node=node)
     guider.set_conds(*conds)
     guider.set_cfg(settings.cfg)
     return guider
@@ -65,7 +66,7 @@ def make_guider(node: str, model, conds: KeyframeConds, settings: GenerationSett
     with labelled(node):
         check_guider_inputs(model, conds, None, settings)
         check_forward_weight(settings.forward_weight)
-    return build_guider(model, conds, settings)
+    return build_guider(model, conds, settings, node)
 
 
 def sample_inbetween(node: str, model, conds: KeyframeConds, latent: dict, settings: GenerationSettings,
@@ -73,7 +74,7 @@ def sample_inbetween(node: str, model, conds: KeyframeConds, latent: dict, setti
     """Any mode, all in one: checks, guider, the schedule's sampler, seeded sampling -> LATENT."""
     with labelled(node):
         check_sampling_inputs(model, conds, latent["samples"], settings)
-        guider = build_guider(model, conds, settings)
+        guider = build_guider(model, conds, settings, node)
         sampler = sampler_for(settings)
     return run_guider(guider, latent, settings, sampler, callback)
 

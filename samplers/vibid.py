@@ -34,21 +34,19 @@ from .schedule import recurrence_noise_sampler, renoise_std
 from .steps import cfgpp_step, pin_frames
 from .validation import fail
 
-NODE = "SVDInbetweenViBiDSampler"
-
-
 @torch.no_grad()
 def sample_vibid(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None,
-                 cfg_pp: bool = True, dds: bool = True):
+                 cfg_pp: bool = True, dds: bool = True, node: str | None = None):
     """k-diffusion style sampler; `model` must wrap an SVD inbetween guider.
 
     noise_sampler(sigma, sigma_next) gives the unit noise of each re-noising; by default the
-    seed's recurrence stream (schedule.recurrence_noise_sampler)."""
+    seed's recurrence stream (schedule.recurrence_noise_sampler). `node`: the node that made
+    this SAMPLER, named in the errors below (they fire inside SamplerCustomAdvanced)."""
     extra_args = {} if extra_args is None else extra_args
     guider = getattr(model, "inner_model", None)
     if guider is not None and not answers_requests(guider):
         fail("sampler", "the ViBiD sampler needs the SVD Inbetween Guider as GUIDER (a stock guider cannot denoise "
-             "one direction at a time)", node=NODE)
+             "one direction at a time)", node=node)
     options = dict(extra_args.get("model_options", {}))
     if cfg_pp:
         options["disable_cfg1_optimization"] = True  # CFG++ needs the unconditional x0 even at cfg 1
@@ -61,7 +59,7 @@ def sample_vibid(model, x, sigmas, extra_args=None, callback=None, disable=None,
         x0 = model(x, sigma * s_in, **dict(extra_args, model_options={**options, DIRECTION_KEY: request}))
         if request.pins is None:
             fail("sampler", "the guider did not answer a one-direction request; use the SVD Inbetween Guider",
-                 node=NODE)
+                 node=node)
         toward = request.uncond if cfg_pp and request.uncond is not None else x0
         return cfgpp_step(x, pin_frames(x0, request.pins) if dds else x0, toward, sigma, sigma_next), x0
 
@@ -80,5 +78,6 @@ def sample_vibid(model, x, sigmas, extra_args=None, callback=None, disable=None,
 setattr(sample_vibid, SENDS_REQUESTS_MARK, True)
 
 
-def vibid_sampler(cfg_pp: bool = True, dds: bool = True) -> comfy.samplers.KSAMPLER:
-    return comfy.samplers.KSAMPLER(sample_vibid, extra_options={"cfg_pp": bool(cfg_pp), "dds": bool(dds)})
+def vibid_sampler(cfg_pp: bool = True, dds: bool = True, node: str | None = None) -> comfy.samplers.KSAMPLER:
+    """The ViBiD SAMPLER; `node` (the node making it) is named in its run-time errors."""
+    return comfy.samplers.KSAMPLER(sample_vibid, extra_options={"cfg_pp": bool(cfg_pp), "dds": bool(dds), "node": node})
