@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -9,6 +10,9 @@ from .chunking import FrameChunked, is_chunked_wrapper, spatial_resblock_layer_p
 from .feedforward import PerVideoFeedForward, feedforward_paths, is_feedforward_wrapper
 from .memory import MEMORY_REQUIRED, CalibratedMemoryRequired, is_calibrated
 from .proxy import TemporalAttentionProxy, is_proxy
+
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
 
 PREFIX = "diffusion_model."
 TEMPORAL_ATTN1 = re.compile(r"^(input_blocks|middle_block|output_blocks)\.[\d.]*time_stack\.\d+\.attn1$")
@@ -34,7 +38,7 @@ class NotSVDModelError(ValueError):
     pass
 
 
-def temporal_attn1_paths(model_patcher) -> list[str]:
+def temporal_attn1_paths(model_patcher: ModelPatcher) -> list[str]:
     """Module paths (relative to diffusion_model) of the temporal attn1 layers, in model order."""
     unet = model_patcher.model.diffusion_model
     paths = [name for name, _ in unet.named_modules() if TEMPORAL_ATTN1.match(name)]
@@ -45,13 +49,13 @@ def temporal_attn1_paths(model_patcher) -> list[str]:
     return paths
 
 
-def original_module(model_patcher, path: str):
+def original_module(model_patcher: ModelPatcher, path: str) -> torch.nn.Module:
     """The unpatched CrossAttention at `path`, whatever patches are currently applied."""
     mod = model_patcher.get_model_object(PREFIX + path)
     return mod.original if is_proxy(mod) else mod
 
 
-def proxies(model_patcher) -> dict[str, TemporalAttentionProxy | None]:
+def proxies(model_patcher: ModelPatcher) -> dict[str, TemporalAttentionProxy | None]:
     """The proxy this patcher installs on each layer (None where it has none)."""
     out = {}
     for path in temporal_attn1_paths(model_patcher):
@@ -70,7 +74,8 @@ def rotate_layers(paths: list[str], mode: str) -> frozenset[str]:
     raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
 
 
-def with_proxies(model_patcher, backward: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None):
+def with_proxies(model_patcher: ModelPatcher,
+                 backward: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> ModelPatcher:
     """A clone whose 16 temporal attn1 layers carry proxies, whose feed-forwards run per video,
     whose spatial res-block layers can run per frame (chunking.FrameChunked, lowvram only) and
     whose memory_required answers the guider's calls with the pack's estimate (memory.py).
@@ -99,6 +104,6 @@ def with_proxies(model_patcher, backward: dict[str, tuple[torch.Tensor, torch.Te
     return m
 
 
-def has_backward_weights(model_patcher) -> bool:
+def has_backward_weights(model_patcher: ModelPatcher) -> bool:
     found = proxies(model_patcher)
     return all(p is not None and p.has_backward_weights for p in found.values())

@@ -7,6 +7,9 @@ predictions.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..attention_patch.layers import with_proxies
@@ -19,9 +22,12 @@ from .settings import GenerationSettings, KeyframeConds
 from .validation import check_images, check_model, check_size, fail, labelled
 from .windows import boundaries, chain_windows, parse_frame_counts, with_frames
 
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
 
-def sample_chain(node: str, model, clip_vision, vae, images: torch.Tensor, encoding: KeyframeEncoding, frames,
-                 settings: GenerationSettings, callback=None) -> tuple[torch.Tensor, dict]:
+
+def sample_chain(node: str, model: ModelPatcher, clip_vision, vae, images: torch.Tensor, encoding: KeyframeEncoding,
+                 frames: str | int, settings: GenerationSettings, callback: Callable | None = None) -> tuple[torch.Tensor, dict]:
     """The whole chain -> (IMAGE frames with each keyframe exactly at its boundary, LATENT).
 
     `frames`: one count for every segment or one per segment ('25' or '25,14,25').

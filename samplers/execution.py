@@ -29,10 +29,17 @@ from __future__ import annotations
 import logging
 import math
 import os
+from typing import TYPE_CHECKING
 
 from ..attention_patch import chunking, feedforward
 from ..attention_patch.memory import calibrated_call
 from ..attention_patch.run_state import BACKWARD_COND, BACKWARD_UNCOND, FORWARD_COND, FORWARD_UNCOND, is_backward
+
+if TYPE_CHECKING:
+    from collections.abc import Collection
+
+    import torch
+    from comfy.model_patcher import ModelPatcher
 
 __all__ = ["EXECUTIONS", "BY_SPEED", "calibrated_call", "call_groups", "choose_execution", "execution_estimates",
            "free_memory", "needed_bytes"]
@@ -140,7 +147,7 @@ def _levels(unet) -> dict[str, int]:
 
 
 def activation_terms(unet, frames: int, height: int, width: int, element_size: int,
-                     rotate_paths) -> tuple[int, int]:
+                     rotate_paths: Collection[str]) -> tuple[int, int]:
     """(U, M) of PEAK_FIT for a latent of `frames` x `height` x `width` (latent pixels)."""
     levels = _levels(unet)
     sizes = [(height, width)]
@@ -164,7 +171,7 @@ def estimate_bytes(execution: str, u: int, m: int) -> float:
     return a * u + b * m + c * min(chunking.PIECE_BYTES, u) + whole
 
 
-def streamed_weight_bytes(model_patcher, device=None) -> int:
+def streamed_weight_bytes(model_patcher: ModelPatcher, device: torch.device | None = None) -> int:
     """Per-layer weight copies in flight when ComfyUI keeps part of the model offloaded (its
     lowvram mode), or may offload it on demand (0.33+: its patcher counts those weights as free);
     offloaded weights themselves take no device memory. 0 when the model is fully loaded."""
@@ -181,7 +188,8 @@ def streamed_weight_bytes(model_patcher, device=None) -> int:
     return STREAMED_LAYERS * largest
 
 
-def execution_estimates(model_patcher, base_model, x, rotate_paths) -> dict[str, float]:
+def execution_estimates(model_patcher: ModelPatcher, base_model, x: torch.Tensor,
+                        rotate_paths: Collection[str]) -> dict[str, float]:
     """Bytes each execution needs beyond the loaded weights for the UNet calls of latent `x` [T, C, h, w]."""
     import comfy.model_management
 
@@ -192,7 +200,7 @@ def execution_estimates(model_patcher, base_model, x, rotate_paths) -> dict[str,
     return {e: estimate_bytes(e, u, m) + streamed for e in BY_SPEED}
 
 
-def free_memory(model_patcher, device) -> float:
+def free_memory(model_patcher: ModelPatcher, device: torch.device) -> float:
     """What ComfyUI can give: its patcher's view where the host has one (0.33+: weights it can
     offload on demand included), else the device's free memory."""
     import comfy.model_management

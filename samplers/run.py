@@ -5,6 +5,11 @@ the calling node's name (validation.labelled).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+
 import comfy.model_management
 import comfy.sample
 import comfy.samplers
@@ -21,8 +26,12 @@ from .validation import (check_choice, check_conds_fit_model, check_forward_weig
                          check_steps, labelled)
 from .vibid import vibid_sampler
 
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
 
-def check_guider_inputs(model, conds: KeyframeConds, latent, settings: GenerationSettings) -> None:
+
+def check_guider_inputs(model: ModelPatcher, conds: KeyframeConds, latent: torch.Tensor | None,
+                        settings: GenerationSettings) -> None:
     """What any guider needs: an SVD model fit for the mode, matching conds (and latent), known choices."""
     check_model(model, settings.mode)
     check_choice("execution", settings.execution, EXECUTIONS)
@@ -31,7 +40,8 @@ def check_guider_inputs(model, conds: KeyframeConds, latent, settings: Generatio
     check_conds_fit_model(model, conds._asdict())
 
 
-def check_sampling_inputs(model, conds: KeyframeConds, latent, settings: GenerationSettings) -> None:
+def check_sampling_inputs(model: ModelPatcher, conds: KeyframeConds, latent: torch.Tensor | None,
+                          settings: GenerationSettings) -> None:
     """What a whole run needs besides: the schedule's own settings, scheduler and steps."""
     check_guider_inputs(model, conds, latent, settings)
     if settings.spec.fused:
@@ -41,7 +51,7 @@ def check_sampling_inputs(model, conds: KeyframeConds, latent, settings: Generat
     check_steps(settings.steps)
 
 
-def build_guider(model, conds: KeyframeConds, settings: GenerationSettings, node: str | None = None) -> SVDInbetweenGuider:
+def build_guider(model: ModelPatcher, conds: KeyframeConds, settings: GenerationSettings, node: str | None = None) -> SVDInbetweenGuider:
     """The dual-direction guider on a patched clone of `model` (inputs already checked)."""
     m = with_proxies(model)
     if settings.guidance == "linear":
@@ -61,7 +71,7 @@ def sampler_for(settings: GenerationSettings) -> comfy.samplers.KSAMPLER:
     return recurrent_euler_sampler(settings.recurrence, settings.recurrence_ratio)
 
 
-def make_guider(node: str, model, conds: KeyframeConds, settings: GenerationSettings) -> SVDInbetweenGuider:
+def make_guider(node: str, model: ModelPatcher, conds: KeyframeConds, settings: GenerationSettings) -> SVDInbetweenGuider:
     """SVDInbetweenGuider node: the checked GUIDER for SamplerCustomAdvanced."""
     with labelled(node):
         check_guider_inputs(model, conds, None, settings)
@@ -69,8 +79,8 @@ def make_guider(node: str, model, conds: KeyframeConds, settings: GenerationSett
     return build_guider(model, conds, settings, node)
 
 
-def sample_inbetween(node: str, model, conds: KeyframeConds, latent: dict, settings: GenerationSettings,
-                     callback=None) -> dict:
+def sample_inbetween(node: str, model: ModelPatcher, conds: KeyframeConds, latent: dict, settings: GenerationSettings,
+                     callback: Callable | None = None) -> dict:
     """Any mode, all in one: checks, guider, the schedule's sampler, seeded sampling -> LATENT."""
     with labelled(node):
         check_sampling_inputs(model, conds, latent["samples"], settings)
@@ -79,7 +89,8 @@ def sample_inbetween(node: str, model, conds: KeyframeConds, latent: dict, setti
     return run_guider(guider, latent, settings, sampler, callback)
 
 
-def run_guider(guider, latent: dict, settings: GenerationSettings, sampler, callback=None) -> dict:
+def run_guider(guider: comfy.samplers.CFGGuider, latent: dict, settings: GenerationSettings,
+               sampler: comfy.samplers.KSAMPLER, callback: Callable | None = None) -> dict:
     """Sigmas, seeded initial noise, progress bar, guider.sample -> a LATENT dict (as KSampler does)."""
     sigmas = comfy.samplers.calculate_sigmas(guider.model_patcher.get_model_object("model_sampling"),
                                              settings.scheduler, settings.steps)

@@ -9,12 +9,16 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..attention_patch.layers import NotSVDModelError, has_backward_weights, temporal_attn1_paths
 from ..attention_patch.modes import MODES, mode_of
 from ..conditioning.keyframes import FRAMES_KEY
+
+if TYPE_CHECKING:
+    from comfy.model_patcher import ModelPatcher
 
 MIN_FRAMES = 3
 
@@ -52,7 +56,7 @@ def check_choice(name: str, value, options) -> None:
         fail(name, f"{value!r} is not one of {', '.join(map(str, options))}")
 
 
-def check_model(model, mode: str) -> None:
+def check_model(model: ModelPatcher, mode: str) -> None:
     import comfy.model_base
 
     check_choice("mode", mode, MODES)
@@ -89,7 +93,7 @@ def check_steps(steps: int) -> None:
         fail("steps", f"must be >= 1, got {steps}")
 
 
-def check_images(images) -> None:
+def check_images(images: torch.Tensor) -> None:
     """A chain's keyframes: one IMAGE batch of at least two finite images."""
     if not torch.is_tensor(images) or images.ndim != 4:
         fail("images", "expected an IMAGE batch of keyframes")
@@ -100,7 +104,7 @@ def check_images(images) -> None:
         fail("images", "contains NaN or Inf")
 
 
-def check_conds_fit_model(model, conds: dict[str, list]) -> None:
+def check_conds_fit_model(model: ModelPatcher, conds: dict[str, list]) -> None:
     """The conds' image embeddings must be as wide as the model's cross-attention context."""
     context = model.model.model_config.unet_config.get("context_dim")
     for name, cond in conds.items():

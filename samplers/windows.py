@@ -12,7 +12,7 @@ from ..conditioning.keyframes import FRAMES_KEY
 from .validation import MIN_FRAMES, fail
 
 
-def parse_frame_counts(text, segments: int) -> list[int]:
+def parse_frame_counts(text: str | int, segments: int) -> list[int]:
     """'25' (every segment) or '25, 14, 25' (one per segment) -> [frames of each segment]."""
     parts = [p.strip() for p in str(text).replace(";", ",").split(",") if p.strip()]
     try:
