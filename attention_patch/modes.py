@@ -55,7 +55,6 @@ MODE_TABLE: dict[str, Mode] = {m.name: m for m in (
 
 MODES = tuple(MODE_TABLE)
 FUSED_MODES = tuple(n for n, m in MODE_TABLE.items() if m.fused)
-ALTERNATING_MODES = tuple(n for n, m in MODE_TABLE.items() if m.alternating)
 BACKWARD_WEIGHT_MODES = tuple(n for n, m in MODE_TABLE.items() if m.finetuned)
 MODE_HELP = {n: m.help for n, m in MODE_TABLE.items()}
 

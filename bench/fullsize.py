@@ -75,10 +75,10 @@ class LiveBytes(TorchDispatchMode):
         return out
 
 
-
 def map_bytes(rows: int, heads: int, frames: int, element_size: int) -> int:
     """Bytes of one layer's attention maps for `rows` (video, position) rows."""
     return rows * heads * frames * frames * element_size
+
 
 def _flash_like(func, q, k, v, heads, *args, **kwargs):
     """Attention output without materialising scores (memory of a fused kernel)."""

@@ -81,9 +81,10 @@ def run_ours(model, execution: str, mode: str, inputs, s: Settings, device) -> R
     m = model.clone()
     m.set_model_unet_function_wrapper(counter)
     with PeakMemory(device) as mem, Stopwatch(device) as sw:
-        out = sample_inbetween(NODE, m, KeyframeConds(ps, ns, pe, ne), latent, GenerationSettings(seed=s.seed, steps=s.steps, cfg=s.cfg, mode=mode,
-                               recurrence=s.recurrence, recurrence_ratio=s.recurrence_ratio, forward_weight=0.5,
-                               execution=execution), callback=_noop_callback)["samples"]
+        settings = GenerationSettings(seed=s.seed, steps=s.steps, cfg=s.cfg, mode=mode, recurrence=s.recurrence,
+                                      recurrence_ratio=s.recurrence_ratio, execution=execution)
+        out = sample_inbetween(NODE, m, KeyframeConds(ps, ns, pe, ne), latent, settings,
+                               callback=_noop_callback)["samples"]
     maps = counter.run.peak_map_bytes if counter.run is not None else 0
     return Run(out, sw.seconds, sw.cpu_seconds, mem.peak_bytes, maps, counter.calls, counter.videos)
 

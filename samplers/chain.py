@@ -13,13 +13,12 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..attention_patch.layers import with_proxies
-from ..attention_patch.modes import MODES
 from ..conditioning.keyframes import KeyframeEncoding, empty_video_latent, encode_keyframes
 from .chain_guider import SVDInbetweenChainGuider
 from .guider import SVDInbetweenGuider
-from .run import check_sampling_inputs, run_guider, sampler_for
+from .run import check_conds, check_guider_settings, check_sampling_settings, run_guider, sampler_for
 from .settings import GenerationSettings, KeyframeConds
-from .validation import check_images, check_model, check_size, fail, labelled
+from .validation import check_images, check_size, labelled
 from .windows import boundaries, chain_windows, parse_frame_counts, with_frames
 
 if TYPE_CHECKING:
@@ -38,10 +37,9 @@ def sample_chain(node: str, model: ModelPatcher, clip_vision, vae, images: torch
     with labelled(node):
         check_images(images)
         check_size(encoding.width, encoding.height)
-        if settings.mode not in MODES:
-            fail("mode", f"must be one of {', '.join(MODES)}, got {settings.mode!r}")
+        check_guider_settings(model, settings)
+        check_sampling_settings(settings)
         counts = parse_frame_counts(frames, images.shape[0] - 1)
-        check_model(model, settings.mode)
         keys, conds = encode_keyframes(clip_vision, vae, [images[i:i + 1] for i in range(images.shape[0])],
                                        encoding, settings.seed, counts[0])
         windows = chain_windows(counts)
@@ -50,7 +48,7 @@ def sample_chain(node: str, model: ModelPatcher, clip_vision, vae, images: torch
         for k, ((start, stop), n) in enumerate(zip(windows, counts)):
             (ps, ns), (pe, ne) = conds[k], conds[k + 1]
             seg = KeyframeConds(*(with_frames(c, n) for c in (ps, ns, pe, ne)))
-            check_sampling_inputs(model, seg, latent[start:stop], settings)
+            check_conds(model, seg, latent[start:stop], settings)
             segments.append(seg)
         sampler = sampler_for(settings)
     m = with_proxies(model)

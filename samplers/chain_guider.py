@@ -41,7 +41,7 @@ class SVDInbetweenChainGuider(comfy.samplers.CFGGuider):
             # A UNet call holds one segment, not the chain: reserve memory for that.
             return executor(model, torch.Size([largest, *noise_shape[1:]]), *args, **kwargs)
 
-        for g, (start, stop) in zip(self.segments, self.windows):
+        for g in self.segments:
             g.check_sampler(sampler)
             g.begin_run()
         own_options = self.model_options

@@ -32,7 +32,6 @@ import os
 from typing import TYPE_CHECKING
 
 from ..attention_patch import chunking, feedforward
-from ..attention_patch.memory import calibrated_call
 from ..attention_patch.run_state import BACKWARD_COND, BACKWARD_UNCOND, FORWARD_COND, FORWARD_UNCOND, is_backward
 
 if TYPE_CHECKING:
@@ -40,9 +39,6 @@ if TYPE_CHECKING:
 
     import torch
     from comfy.model_patcher import ModelPatcher
-
-__all__ = ["EXECUTIONS", "BY_SPEED", "calibrated_call", "call_groups", "choose_execution", "execution_estimates",
-           "free_memory", "needed_bytes"]
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import comfy.samplers
 from comfy.k_diffusion.sampling import to_d
 
 from .schedule import recurrence_noise_sampler, renoise_std, repeats_per_step
-from .validation import fail
+from .validation import check_recurrence
 
 
 @torch.no_grad()
@@ -47,9 +47,6 @@ def sample_recurrent_euler(model, x, sigmas, extra_args=None, callback=None, dis
 
 def recurrent_euler_sampler(recurrence: int = 5, recurrence_ratio: float = 0.5) -> comfy.samplers.KSAMPLER:
     """The SAMPLER; a bad setting is reported against the `recurrence` input."""
-    try:
-        repeats_per_step(1, recurrence, recurrence_ratio)
-    except ValueError as e:
-        fail("recurrence", str(e))
+    check_recurrence(recurrence, recurrence_ratio)
     return comfy.samplers.KSAMPLER(sample_recurrent_euler,
                                    extra_options={"recurrence": recurrence, "recurrence_ratio": recurrence_ratio})

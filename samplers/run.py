@@ -23,35 +23,38 @@ from .guider import SVDInbetweenGuider
 from .recurrent_euler import recurrent_euler_sampler
 from .settings import GenerationSettings, KeyframeConds
 from .validation import (check_choice, check_conds_fit_model, check_forward_weight, check_inputs, check_model,
-                         check_steps, labelled)
+                         check_recurrence, check_steps, labelled)
 from .vibid import vibid_sampler
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
 
 
-def check_guider_inputs(model: ModelPatcher, conds: KeyframeConds, latent: torch.Tensor | None,
-                        settings: GenerationSettings) -> None:
-    """What any guider needs: an SVD model fit for the mode, matching conds (and latent), known choices."""
+def check_guider_settings(model: ModelPatcher, settings: GenerationSettings) -> None:
+    """What any guider needs: an SVD model fit for the mode, a known execution and guidance."""
     check_model(model, settings.mode)
     check_choice("execution", settings.execution, EXECUTIONS)
     check_choice("guidance", settings.guidance, GUIDANCE)
+
+
+def check_conds(model: ModelPatcher, conds: KeyframeConds, latent: torch.Tensor | None,
+                settings: GenerationSettings) -> None:
+    """Conds (and latent) that match each other, the model and a finite cfg."""
     check_inputs(conds._asdict(), latent, cfg=settings.cfg)
     check_conds_fit_model(model, conds._asdict())
 
 
-def check_sampling_inputs(model: ModelPatcher, conds: KeyframeConds, latent: torch.Tensor | None,
-                          settings: GenerationSettings) -> None:
-    """What a whole run needs besides: the schedule's own settings, scheduler and steps."""
-    check_guider_inputs(model, conds, latent, settings)
+def check_sampling_settings(settings: GenerationSettings) -> None:
+    """What a whole run needs besides the guider: the schedule's own settings, scheduler and steps."""
     if settings.spec.fused:
         check_forward_weight(settings.forward_weight)
-        recurrent_euler_sampler(settings.recurrence, settings.recurrence_ratio)
+        check_recurrence(settings.recurrence, settings.recurrence_ratio)
     check_choice("scheduler", settings.scheduler, comfy.samplers.SCHEDULER_NAMES)
     check_steps(settings.steps)
 
 
-def build_guider(model: ModelPatcher, conds: KeyframeConds, settings: GenerationSettings, node: str | None = None) -> SVDInbetweenGuider:
+def build_guider(model: ModelPatcher, conds: KeyframeConds, settings: GenerationSettings,
+                 node: str | None = None) -> SVDInbetweenGuider:
     """The dual-direction guider on a patched clone of `model` (inputs already checked)."""
     m = with_proxies(model)
     if settings.guidance == "linear":
@@ -74,7 +77,8 @@ def sampler_for(settings: GenerationSettings) -> comfy.samplers.KSAMPLER:
 def make_guider(node: str, model: ModelPatcher, conds: KeyframeConds, settings: GenerationSettings) -> SVDInbetweenGuider:
     """SVDInbetweenGuider node: the checked GUIDER for SamplerCustomAdvanced."""
     with labelled(node):
-        check_guider_inputs(model, conds, None, settings)
+        check_guider_settings(model, settings)
+        check_conds(model, conds, None, settings)
         check_forward_weight(settings.forward_weight)
     return build_guider(model, conds, settings, node)
 
@@ -83,7 +87,9 @@ def sample_inbetween(node: str, model: ModelPatcher, conds: KeyframeConds, laten
                      callback: Callable | None = None) -> dict:
     """Any mode, all in one: checks, guider, the schedule's sampler, seeded sampling -> LATENT."""
     with labelled(node):
-        check_sampling_inputs(model, conds, latent["samples"], settings)
+        check_guider_settings(model, settings)
+        check_conds(model, conds, latent["samples"], settings)
+        check_sampling_settings(settings)
         guider = build_guider(model, conds, settings, node)
         sampler = sampler_for(settings)
     return run_guider(guider, latent, settings, sampler, callback)

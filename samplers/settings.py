@@ -1,7 +1,7 @@
 """The settings of one generation, shared by the nodes, the bench and the CLI's workflows."""
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..attention_patch.modes import MODES, Mode, mode_of
@@ -31,12 +31,6 @@ class GenerationSettings:
     @property
     def spec(self) -> Mode | None:
         return mode_of(self.mode) if self.mode in MODES else None
-
-    @classmethod
-    def from_inputs(cls, **inputs) -> GenerationSettings:
-        """The settings among a node's (or a CLI's) inputs; other inputs are ignored."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in inputs.items() if k in names})
 
 
 class KeyframeConds(NamedTuple):

@@ -16,6 +16,7 @@ import torch
 from ..attention_patch.layers import NotSVDModelError, has_backward_weights, temporal_attn1_paths
 from ..attention_patch.modes import MODES, mode_of
 from ..conditioning.keyframes import FRAMES_KEY
+from .schedule import repeats_per_step
 
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
@@ -53,7 +54,7 @@ def labelled(node: str) -> Iterator[None]:
 def check_choice(name: str, value, options) -> None:
     """V3 COMBO values are not checked against their options by ComfyUI 0.3.64's validation."""
     if value not in options:
-        fail(name, f"{value!r} is not one of {', '.join(map(str, options))}")
+        fail(name, f"must be one of {', '.join(map(str, options))}, got {value!r}")
 
 
 def check_model(model: ModelPatcher, mode: str) -> None:
@@ -86,6 +87,13 @@ def check_size(width: int, height: int) -> None:
 def check_forward_weight(forward_weight: float) -> None:
     if not 0.0 <= forward_weight <= 1.0:
         fail("forward_weight", f"must be in [0, 1], got {forward_weight}")
+
+
+def check_recurrence(recurrence: int, recurrence_ratio: float) -> None:
+    try:
+        repeats_per_step(1, recurrence, recurrence_ratio)
+    except ValueError as e:
+        fail("recurrence", str(e))
 
 
 def check_steps(steps: int) -> None:

@@ -34,6 +34,7 @@ from .schedule import recurrence_noise_sampler, renoise_std
 from .steps import cfgpp_step, pin_frames
 from .validation import fail
 
+
 @torch.no_grad()
 def sample_vibid(model, x, sigmas, extra_args=None, callback=None, disable=None, noise_sampler=None,
                  cfg_pp: bool = True, dds: bool = True, node: str | None = None):
