@@ -14,7 +14,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
-from host import import_pack, setup_comfy  # noqa: E402
+from host import setup_comfy  # noqa: E402
 
 TINY = dict(width=64, height=64, frames=5, steps=2, recurrence=1)
 
@@ -94,7 +94,6 @@ def main() -> None:
     with open(sys.argv[1]) as f:
         job = json.load(f)
     setup_comfy()
-    import_pack()
     result = {"workflows": job_workflows}[job["kind"]](job)
     print("RESULT:" + json.dumps(result))
 

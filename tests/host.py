@@ -7,6 +7,10 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COMFYUI_PATH = os.path.expanduser(os.environ.get("COMFYUI_PATH", "~/ComfyUI"))
+# The pack's node IDs (public: workflows store them).
+NODE_IDS = frozenset({"SVDInbetweenConditioning", "SVDInbetweenLoadBackwardWeights", "SVDInbetweenSampler",
+                      "SVDInbetweenGuider", "SVDInbetweenRecurrentEuler", "SVDInbetweenViBiDSampler",
+                      "SVDInbetweenChain"})
 
 
 def comfyui_available() -> bool:

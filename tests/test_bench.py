@@ -244,17 +244,10 @@ def test_auto_estimate_matches_the_tracer_on_svd_xt():
 def test_check_accounting_measures_what_the_tracer_predicts(tmp_path):
     """`svd-inbetween bench --check-accounting` (own process: PyTorch attention, fixed mmap threshold) on the tiny
     UNet at 256x256x8: every execution's peak RSS above the loaded model within 20% of the traced prediction."""
-    import os
-    import subprocess
-    import sys
-
-    from host import COMFYUI_PATH, REPO
-    env = dict(os.environ, COMFYUI_PATH=COMFYUI_PATH, PYTHONPATH=os.path.dirname(REPO))
-    code = ("import sys, importlib.util; sys.path.insert(0, sys.argv[1]); import host; host.import_pack(); "
-            "from svd_inbetween.cli import main; sys.exit(main(sys.argv[2:]))")
-    proc = subprocess.run([sys.executable, "-c", code, os.path.join(REPO, "tests"), "bench", "--cpu",
-                           "--check-accounting", "--arch", "tiny", "--width", "256", "--height", "256", "--frames", "8",
-                           "--steps", "1", "--recurrence", "0"], env=env, capture_output=True, text=True, timeout=900)
+    from api_cli import cli
+    from host import COMFYUI_PATH
+    proc = cli("bench", "--comfyui", COMFYUI_PATH, "--cpu", "--check-accounting", "--arch", "tiny", "--width", "256",
+               "--height", "256", "--frames", "8", "--steps", "1", "--recurrence", "0", timeout=900)
     data = json.loads(proc.stdout.strip().splitlines()[-1])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert set(data) == {"sequential", "batched", "lowvram"}

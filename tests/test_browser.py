@@ -20,25 +20,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import sys
 
 import pytest
 
 import browser_ui as bui
-from host import REPO
-from ui_format import api_as_host_reads, workflow_names
+from host import NODE_IDS, REPO
+from ui_format import api_as_host_reads, load_workflow, workflow_names
 
 pytestmark = pytest.mark.server
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 UI_DIR = os.path.join(REPO, "workflows")
 API_DIR = os.path.join(UI_DIR, "api")
 HELP_DIR = os.path.join(REPO, "web", "docs")
 MODULE = "svd_inbetween"  # the pack's folder name in custom_nodes/: its entry in the template browser
 PACK_MODULE = "custom_nodes.svd_inbetween"
 HELP_NODE = "SVDInbetweenSampler"
-KNOWN_NODES = {"SVDInbetweenConditioning", "SVDInbetweenLoadBackwardWeights", "SVDInbetweenSampler",
-               "SVDInbetweenGuider", "SVDInbetweenRecurrentEuler", "SVDInbetweenViBiDSampler", "SVDInbetweenChain"}
 LINEAR_MODE = (1, 35)  # the first tested frontend that opens a workflow saved with extra.linearMode as an app
 APP_VIEW = (1, 49)  # the first tested frontend with the template browser's App view
 VIEWPORT = {"width": 1280, "height": 800}
@@ -115,11 +111,6 @@ def _chromium() -> str:
     return path
 
 
-def load(folder: str, name: str) -> dict:
-    with open(os.path.join(folder, name + ".json")) as f:
-        return json.load(f)
-
-
 def keep(shot: str, name: str) -> None:
     """Copy a screenshot to SVD_INBETWEEN_SCREENSHOT_DIR (e.g. docs/screenshots) when set."""
     target = os.environ.get("SVD_INBETWEEN_SCREENSHOT_DIR")
@@ -138,7 +129,6 @@ def assert_png(path: str, min_bytes: int = 20_000) -> None:
 def ui(tmp_path_factory):
     """(server, page, base, weights name, /object_info, frontend version) with the UI open on a live server."""
     chromium = _chromium()
-    sys.path.insert(0, HERE)
     from comfy_job import prepare_base
     from playwright.sync_api import sync_playwright
     from server_harness import ComfyServer
@@ -181,7 +171,7 @@ def closed_dialogs(ui):
 
 def pack_nodes(info: dict) -> dict:
     nodes = {k: v for k, v in info.items() if v.get("python_module") == PACK_MODULE}
-    assert KNOWN_NODES <= set(nodes), KNOWN_NODES - set(nodes)
+    assert NODE_IDS <= set(nodes), NODE_IDS - set(nodes)
     return nodes
 
 
@@ -349,7 +339,6 @@ def graph_templates(version) -> list[str]:
 
 
 def test_shipped_workflows_load_from_template_browser_and_run(ui, tmp_path):
-    sys.path.insert(0, HERE)
     from comfy_job import tiny_prompt
 
     server, page, base, weights, info, version = ui
@@ -357,7 +346,7 @@ def test_shipped_workflows_load_from_template_browser_and_run(ui, tmp_path):
     shots.mkdir()
     thumbs_dir = os.environ.get("SVD_INBETWEEN_THUMBNAIL_DIR")
     for name in graph_templates(version):
-        ui_json, api = load(UI_DIR, name), load(API_DIR, name)
+        ui_json, api = load_workflow(UI_DIR, name), load_workflow(API_DIR, name)
         bui.open_template(page, MODULE, name)
         page.wait_for_function("(n) => app.graph.nodes.length === n", arg=len(ui_json["nodes"]), timeout=30_000)
         loaded = page.evaluate("() => app.graph.nodes.map(n => [String(n.id), n.type])")
@@ -389,7 +378,6 @@ def test_app_template_opens_in_app_mode_and_runs(ui, tmp_path):
     linear mode, 1.49's App mode, whose template browser also lists it under the App filter): the graph
     is hidden, the start and end image are inputs under their labels, and the app's Run button makes
     the video. On 1.27 it is an ordinary graph, opened and run by the test above."""
-    sys.path.insert(0, HERE)
     from comfy_job import tiny_prompt
 
     server, page, base, weights, info, version = ui
@@ -409,7 +397,7 @@ def test_app_template_opens_in_app_mode_and_runs(ui, tmp_path):
     if version < LINEAR_MODE:
         bui.close_templates(page)
         return
-    ui_json = load(UI_DIR, apps[0])
+    ui_json = load_workflow(UI_DIR, apps[0])
     bui.template_card(dialog, apps[0]).click()
     dialog.wait_for(state="hidden", timeout=30_000)
     page.wait_for_function("() => app.graph.nodes.length > 0", timeout=30_000)
@@ -430,7 +418,7 @@ def test_app_template_opens_in_app_mode_and_runs(ui, tmp_path):
     page.screenshot(path=shot)
     assert_png(shot)
     keep(shot, f"svd_inbetween.app_frontend_{'.'.join(map(str, version[:2]))}.png")
-    api = load(API_DIR, apps[0])
+    api = load_workflow(API_DIR, apps[0])
     swap_in_tiny_models(page, api, tiny_prompt(api, weights))
     run_and_check_video(server, page, base, apps[0], queue=run.click)
     thumbs_dir = os.environ.get("SVD_INBETWEEN_THUMBNAIL_DIR")
@@ -451,7 +439,7 @@ def test_app_template_opens_in_app_mode_and_runs(ui, tmp_path):
 def test_error_surfaces_are_detected(ui):
     """The checks above can fail: a missing node type and a failing pack node do show in the UI."""
     server, page, _, _, _, _ = ui
-    wf = load(UI_DIR, "svd_inbetween_full")
+    wf = load_workflow(UI_DIR, "svd_inbetween_full")
     bogus = json.loads(json.dumps(wf))
     bogus["nodes"][0]["type"] = "SVDInbetweenNoSuchNode"
     page.evaluate("(g) => app.loadGraphData(g, true, true, 'bogus')", bogus)

@@ -123,9 +123,7 @@ CONTRACTS = [
                   if call not in inspect.getsource(c._forward)), None)),
     Contract("comfy.ldm.modules.diffusionmodules.openaimodel:UNetModel.__init__", "samplers/execution.py "
              "activation_terms (model_channels, input/output blocks and their Downsample/Upsample levels)",
-             check=lambda f: next((f"no longer sets self.{a}" for a in ("model_channels", "input_blocks",
-                                                                       "output_blocks")
-                                   if f"self.{a} =" not in inspect.getsource(f)), None)),
+             check=_sets("model_channels", "input_blocks", "output_blocks")),
     Contract("comfy.ldm.modules.diffusionmodules.openaimodel:Downsample", "samplers/execution.py _levels (by name)"),
     Contract("comfy.ldm.modules.diffusionmodules.openaimodel:Upsample", "samplers/execution.py _levels (by name)"),
     Contract("comfy.model_base:BaseModel.memory_required", "attention_patch/memory.py CalibratedMemoryRequired "

@@ -173,13 +173,12 @@ def test_seeded_and_modes_differ(tiny):
 
 
 def test_custom_advanced_equals_all_in_one_and_stock_model_untouched(tiny):
-    import nodes
-    from fixtures_host import sample_custom_advanced
+    from fixtures_host import sample_custom_advanced, stock_ksampler
     from svd_inbetween.nodes.sampler import SVDInbetweenGuider, SVDInbetweenSampler, SVDInbetweenViBiDSampler
     ps, ns, pe, ne, lat = tiny.conds
 
     def ksampler():
-        return nodes.common_ksampler(tiny.model, 3, STEPS, 2.0, "euler", "karras", ps, ns, lat)[0]["samples"]
+        return stock_ksampler(tiny.model, tiny.conds, 3, STEPS)
     ref = ksampler()
     guider = SVDInbetweenGuider.execute(tiny.model_gi, ps, ns, pe, ne, 1.5, "vibid_gi", 0.5, "batched").args[0]
     sampler = SVDInbetweenViBiDSampler.execute(True, True).args[0]

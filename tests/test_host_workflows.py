@@ -8,13 +8,11 @@ import sys
 
 import pytest
 
-from host import REPO
+from host import NODE_IDS, REPO
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 API_DIR = os.path.join(REPO, "workflows", "api")
 UI_DIR = os.path.join(REPO, "workflows")
-NODE_IDS = {"SVDInbetweenConditioning", "SVDInbetweenLoadBackwardWeights", "SVDInbetweenSampler",
-            "SVDInbetweenGuider", "SVDInbetweenRecurrentEuler", "SVDInbetweenViBiDSampler", "SVDInbetweenChain"}
 # API twins that run the same method two ways and must give the same latent
 SAME_METHOD = [("svd_inbetween_full.json", "svd_inbetween_custom_advanced.json"),
                ("svd_inbetween_full.json", "svd_inbetween.app.json")]

@@ -58,6 +58,12 @@ def imports(package: str) -> dict[str, list[tuple[str, int, bool]]]:
     return out
 
 
+def package_graph(package: str, found: dict | None = None) -> dict[str, set[str]]:
+    """module -> the modules of the same package it imports."""
+    found = imports(package) if found is None else found
+    return {m: {t for t, _, _ in e if t.startswith(package + ".")} for m, e in found.items()}
+
+
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     found, state, stack = [], {}, []
 
@@ -86,7 +92,7 @@ def test_cycle_finder_sees_a_cycle():
 
 def test_no_import_cycle_in_strict_packages():
     for package in STRICT:
-        graph = {m: {t for t, _, _ in e if t.startswith(package + ".")} for m, e in imports(package).items()}
+        graph = package_graph(package)
         assert not cycles(graph), f"{package}/ has import cycles: {cycles(graph)}"
 
 
@@ -107,9 +113,10 @@ def test_layers_import_downwards():
 
 if __name__ == "__main__":
     for package in sys.argv[1:] or STRICT:
-        for m, edges in imports(package).items():
-            inner = sorted({t for t, _, _ in edges if t.startswith(package + ".")})
-            lazy = sorted({t for t, _, top in edges if t.startswith(package + ".") and not top})
-            print(f"{m} -> {', '.join(inner) or '-'}" + (f"   (inside functions: {', '.join(lazy)})" if lazy else ""))
-        graph = {m: {t for t, _, _ in e if t.startswith(package + ".")} for m, e in imports(package).items()}
+        found = imports(package)
+        graph = package_graph(package, found)
+        for m, edges in found.items():
+            lazy = sorted({t for t, _, top in edges if t in graph[m] and not top})
+            print(f"{m} -> {', '.join(sorted(graph[m])) or '-'}"
+                  + (f"   (inside functions: {', '.join(lazy)})" if lazy else ""))
         print(f"{package}: {sum(len(v) for v in graph.values())} edges, cycles: {cycles(graph) or 'none'}\n")

@@ -248,7 +248,7 @@ def test_comfyui_keeps_the_layout_auto_chose_and_stock_batching_is_unchanged(tin
     auto runs batched as one call per evaluation; stock KSampler batching through the same clone is as
     through the stock model (it follows ComfyUI's estimate)."""
     import comfy.model_management
-    import nodes
+    from fixtures_host import stock_ksampler
     from svd_inbetween.samplers import execution
     monkeypatch.setattr(execution, "HEADROOM_BYTES", 0)
     monkeypatch.delenv(BUDGET_ENV, raising=False)
@@ -271,8 +271,7 @@ def test_comfyui_keeps_the_layout_auto_chose_and_stock_batching_is_unchanged(tin
         c = UnetCalls()
         mm = model.clone()
         mm.set_model_unet_function_wrapper(c)
-        ps, ns = tiny.conds[0], tiny.conds[1]
-        nodes.common_ksampler(mm, 5, 1, 2.0, "euler", "karras", ps, ns, tiny.conds[4])
+        stock_ksampler(mm, tiny.conds, 5, 1)
         return c.videos
     stock = stock_calls(tiny.model)
     assert stock_calls(tiny.model_gi) == stock and sorted(stock) == [[0], [1]]  # cond and uncond split

@@ -11,18 +11,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 
 import pytest
 
 from host import REPO
+from ui_format import api_as_host_reads, api_to_ui, check_workflow, load_workflow, ui_to_api, workflow_names
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 UI_DIR = os.path.join(REPO, "workflows")
 API_DIR = os.path.join(UI_DIR, "api")
-
-sys.path.insert(0, HERE)
-from ui_format import api_as_host_reads, api_to_ui, check_workflow, ui_to_api, workflow_names  # noqa: E402
 
 # SaveVideo as ComfyUI 0.3.64 and 0.33 describe it (trimmed): 0.33 turned `format` into a dynamic combo
 # whose options carry a `codec` widget, and kept a hidden optional `codec`.
@@ -99,11 +95,6 @@ def test_writing_then_reading_is_the_host_reading_and_checks_pass():
         "node 1 (Src): no such node type on this host"]
 
 
-def load(folder: str, name: str) -> dict:
-    with open(os.path.join(folder, name + ".json")) as f:
-        return json.load(f)
-
-
 def test_every_template_has_a_thumbnail_and_model_sources():
     from PIL import Image
 
@@ -115,7 +106,7 @@ def test_every_template_has_a_thumbnail_and_model_sources():
         with Image.open(os.path.join(UI_DIR, name + ".jpg")) as im:
             assert im.format == "JPEG" and min(im.size) >= 256, (name, im.format, im.size)
             assert len(im.convert("L").resize((32, 32)).getcolors(256)) > 20, f"{name}.jpg is a flat image"
-        ui = load(UI_DIR, name)
+        ui = load_workflow(UI_DIR, name)
         loaders = [n for n in ui["nodes"] if n["type"] in ("ImageOnlyCheckpointLoader",
                                                            "SVDInbetweenLoadBackwardWeights")]
         assert loaders, name
@@ -138,7 +129,7 @@ def test_readme_convert_command_writes_the_file_the_workflows_load():
     args.output = UI_DIR  # any existing folder: the name is what matters
     assert os.path.basename(output_path(args)) == default_file_name(delta=True, fp16=True)
     assert default_file_name(delta=True, fp16=True) in readme
-    assert "#backward-motion-weights" in json.dumps(load(UI_DIR, "svd_inbetween_full"))
+    assert "#backward-motion-weights" in json.dumps(load_workflow(UI_DIR, "svd_inbetween_full"))
     assert "## Backward-motion weights" in readme
 
 
@@ -151,7 +142,7 @@ def test_workflows_against_the_hosts_object_info(tmp_path):
     names = workflow_names(UI_DIR)
     assert names == workflow_names(API_DIR)
     for name in names:
-        ui, twin = load(UI_DIR, name), load(API_DIR, name)
+        ui, twin = load_workflow(UI_DIR, name), load_workflow(API_DIR, name)
         assert check_workflow(ui, info) == [], name
         host_reads = api_as_host_reads(twin, info)
         assert ui_to_api(ui, info) == host_reads, name

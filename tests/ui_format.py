@@ -14,6 +14,7 @@ one as long as the newer widgets come after the shared ones, which `check_workfl
 """
 from __future__ import annotations
 
+import json
 import os
 
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
@@ -110,8 +111,9 @@ def walk(defn: dict, value_of) -> list[tuple[str, object, dict]]:
 
 # ---------------------------------------------------------------- reading a UI node as the frontend does
 
-def read_widgets(defn: dict, widgets_values) -> tuple[dict, list[tuple[str, str, object, object, dict]]]:
-    """-> ({widget input: value}, [(input, slot kind, saved value or None, type, options)]) for one node."""
+def read_widgets(defn: dict, widgets_values) -> tuple[dict, list[tuple[str, str, object, object, dict]], list]:
+    """-> ({widget input: value}, [(input, slot kind, saved value or None, type, options)], the node's
+    inputs as `walk` gives them with those values) for one node."""
     if isinstance(widgets_values, dict):  # some frontends save a name -> value map
         queue, by_name = [], widgets_values
     else:
@@ -134,8 +136,8 @@ def read_widgets(defn: dict, widgets_values) -> tuple[dict, list[tuple[str, str,
             take(name, kind, typ, opts)
         values[name] = default_value(typ, opts) if saved is None else saved
         return values[name]
-    walk(defn, value_of)
-    return values, slots
+    inputs = walk(defn, value_of)
+    return values, slots, inputs
 
 
 def ui_to_api(ui: dict, defs: dict) -> dict:
@@ -145,9 +147,9 @@ def ui_to_api(ui: dict, defs: dict) -> dict:
     for node in ui["nodes"]:
         defn = defs[node["type"]]
         linked = {i["name"]: links[i["link"]] for i in node.get("inputs", []) if i.get("link") is not None}
-        values, _ = read_widgets(defn, node.get("widgets_values"))
+        values, _, walked = read_widgets(defn, node.get("widgets_values"))
         inputs = {}
-        for name, typ, _ in walk(defn, lambda n, t, o: values.get(n)):
+        for name, typ, _ in walked:
             if name in linked:
                 inputs[name] = [str(linked[name][1]), linked[name][2]]
             elif is_widget(typ):
@@ -208,13 +210,13 @@ def check_workflow(ui: dict, defs: dict) -> list[str]:
             continue
         if defn.get("deprecated"):
             problems.append(f"{where}: deprecated on this host")
-        values, slots = read_widgets(defn, node.get("widgets_values"))
+        _, slots, walked = read_widgets(defn, node.get("widgets_values"))
         for name, kind, saved, typ, opts in slots:
             if saved is not None:
                 problem = _value_problem(kind, saved, typ, opts)
                 if problem:
                     problems.append(f"{where}: widget {name!r}: {problem}")
-        names = {n: t for n, t, _ in walk(defn, lambda n, t, o: values.get(n))}
+        names = {n for n, _, _ in walked}
         for i in node.get("inputs", []):
             if i.get("link") is not None and i["name"] not in names:
                 problems.append(f"{where}: linked input {i['name']!r} does not exist on this host")
@@ -231,10 +233,13 @@ def api_to_ui(api: dict, defs: dict, properties: dict | None = None, extra: dict
     links, nodes = [], []
     out_links: dict[tuple[str, int], list[int]] = {}
     node_inputs: dict[str, list[dict]] = {}
+    walked = {nid: walk(defs[api[nid]["class_type"]],
+                        lambda n, t, o, given=api[nid]["inputs"]: given.get(n, default_value(t, o)))
+              for nid in ids}
     for nid in ids:
         given = api[nid]["inputs"]
         ins = []
-        for name, typ, opts in walk(defs[api[nid]["class_type"]], lambda n, t, o: given.get(n, default_value(t, o))):
+        for name, typ, opts in walked[nid]:
             value = given.get(name)
             if isinstance(value, list):
                 src, slot = value
@@ -268,7 +273,7 @@ def api_to_ui(api: dict, defs: dict, properties: dict | None = None, extra: dict
         outs = [{"name": n, "type": t, "links": out_links.get((nid, i), []), "slot_index": i}
                 for i, (n, t) in enumerate(zip(names, defn["output"]))]
         widgets = []
-        for name, typ, opts in walk(defn, lambda n, t, o: given.get(n, default_value(t, o))):
+        for name, typ, opts in walked[nid]:
             if is_widget(typ):
                 value = given.get(name, default_value(typ, opts))
                 widgets.append(default_value(typ, opts) if isinstance(value, list) else value)
@@ -287,6 +292,12 @@ def api_to_ui(api: dict, defs: dict, properties: dict | None = None, extra: dict
         nodes.append(node)
     return {"last_node_id": max(int(i) for i in ids), "last_link_id": len(links), "nodes": nodes, "links": links,
             "groups": [], "config": {}, "extra": dict(extra or {}), "version": 0.4}
+
+
+def load_workflow(folder: str, name: str) -> dict:
+    """workflows/<name>.json or workflows/api/<name>.json, as saved."""
+    with open(os.path.join(folder, name + ".json")) as f:
+        return json.load(f)
 
 
 def workflow_names(folder: str) -> list[str]:
