@@ -23,12 +23,14 @@ class Tiny:
     def __init__(self):
         from svd_inbetween.attention_patch.layers import with_proxies
         from svd_inbetween.bench.models import random_backward_weights
+        from svd_inbetween.samplers.settings import KeyframeConds
         self.model = tm.tiny_svd_model()
         self.clip_vision = tm.tiny_clip_vision()
         self.vae = tm.tiny_vae()
         self.backward = random_backward_weights(self.model)
         self.model_gi = with_proxies(self.model, self.backward)
         self.conds = conditioning(self.clip_vision, self.vae)
+        self.keyframe_conds = KeyframeConds(*self.conds[:4])  # what the facades take
 
 
 def stock_ksampler(model, conds, seed: int, steps: int, cfg: float = 2.0) -> torch.Tensor:

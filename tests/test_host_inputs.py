@@ -16,7 +16,8 @@ def sample(tiny, model=None, conds=None, **kw):
     args = dict(seed=1, steps=2, cfg=2.0, mode="gi", recurrence=1, recurrence_ratio=0.5, forward_weight=0.5,
                 execution="batched")
     args.update(kw)
-    return sample_inbetween("SVDInbetweenSampler", model or tiny.model_gi, KeyframeConds(ps, ns, pe, ne), lat, GenerationSettings(**args))["samples"]
+    return sample_inbetween("SVDInbetweenSampler", model or tiny.model_gi, KeyframeConds(ps, ns, pe, ne), lat,
+                            GenerationSettings(**args))["samples"]
 
 
 def stock_conds(tiny, image, frames=FRAMES, size=SIZE):

@@ -65,7 +65,7 @@ def test_backward_chunks_never_compute_query_or_key(tiny):
     """Count rows through to_q/to_k in a gi run: only forward chunks (half the batch) ever reach them."""
     from svd_inbetween.attention_patch.layers import original_module, temporal_attn1_paths
     from svd_inbetween.samplers.run import sample_inbetween
-    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
+    from svd_inbetween.samplers.settings import GenerationSettings
     rows = {"q": [], "v": []}
     hooks = []
     for path in temporal_attn1_paths(tiny.model):
@@ -73,9 +73,9 @@ def test_backward_chunks_never_compute_query_or_key(tiny):
         hooks.append(mod.to_q.register_forward_hook(lambda m, i, o: rows["q"].append(i[0].shape[0])))
         hooks.append(mod.to_v.register_forward_hook(lambda m, i, o: rows["v"].append(i[0].shape[0])))
     try:
-        ps, ns, pe, ne, lat = tiny.conds
-        sample_inbetween("test", tiny.model_gi, KeyframeConds(ps, ns, pe, ne), lat, GenerationSettings(seed=0, steps=1, cfg=2.0, mode="gi",
-                         recurrence=0, execution="batched"), callback=lambda *a: None)
+        lat = tiny.conds[4]
+        settings = GenerationSettings(seed=0, steps=1, cfg=2.0, mode="gi", recurrence=0, execution="batched")
+        sample_inbetween("test", tiny.model_gi, tiny.keyframe_conds, lat, settings, callback=lambda *a: None)
     finally:
         for h in hooks:
             h.remove()
@@ -138,9 +138,9 @@ def test_dual_calls_run_feedforwards_one_video_at_a_time(tiny, monkeypatch):
     (split threshold lowered to 0: the tiny model's activations are all below the default)."""
     from svd_inbetween.attention_patch import feedforward
     from svd_inbetween.samplers.run import sample_inbetween
-    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
+    from svd_inbetween.samplers.settings import GenerationSettings
     monkeypatch.setattr(feedforward, "SPLIT_MIN_BYTES", 0)
-    ps, ns, pe, ne, lat = tiny.conds
+    lat = tiny.conds[4]
     frames, h, w = lat["samples"].shape[0], lat["samples"].shape[-2], lat["samples"].shape[-1]
     # rows of one video: frames (spatial blocks, (b t) s c) or latent positions at some resolution
     # (temporal blocks, (b s) t c)
@@ -148,8 +148,8 @@ def test_dual_calls_run_feedforwards_one_video_at_a_time(tiny, monkeypatch):
     for execution in ("batched", "sequential"):
         rows, hooks = _feedforward_rows(tiny)
         try:
-            sample_inbetween("test", tiny.model_gi, KeyframeConds(ps, ns, pe, ne), lat, GenerationSettings(seed=0, steps=1, cfg=2.0, mode="gi",
-                             recurrence=0, execution=execution), callback=lambda *a: None)
+            settings = GenerationSettings(seed=0, steps=1, cfg=2.0, mode="gi", recurrence=0, execution=execution)
+            sample_inbetween("test", tiny.model_gi, tiny.keyframe_conds, lat, settings, callback=lambda *a: None)
         finally:
             for hk in hooks:
                 hk.remove()
@@ -181,12 +181,13 @@ def test_split_feedforwards_give_the_same_video(tiny, monkeypatch):
     with 2 steps one goes from sigma 700 to ~0 and the latent keeps only ulp(700) = 6e-5 of fp32 resolution)."""
     from svd_inbetween.attention_patch import feedforward
     from svd_inbetween.samplers.run import sample_inbetween
-    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
-    ps, ns, pe, ne, lat = tiny.conds
+    from svd_inbetween.samplers.settings import GenerationSettings
+    lat = tiny.conds[4]
 
     def run():
-        return sample_inbetween("test", tiny.model_gi, KeyframeConds(ps, ns, pe, ne), lat, GenerationSettings(seed=3, steps=3, cfg=2.0, mode="gi",
-                                recurrence=1, execution="batched"), callback=lambda *a: None)["samples"]
+        settings = GenerationSettings(seed=3, steps=3, cfg=2.0, mode="gi", recurrence=1, execution="batched")
+        return sample_inbetween("test", tiny.model_gi, tiny.keyframe_conds, lat, settings,
+                                callback=lambda *a: None)["samples"]
     whole = run()
     monkeypatch.setattr(feedforward, "SPLIT_MIN_BYTES", 0)
     split = run()

@@ -11,12 +11,13 @@ STEPS = 4
 
 def run(tiny, model=None, **kw):
     from svd_inbetween.samplers.run import sample_inbetween
-    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
-    ps, ns, pe, ne, lat = tiny.conds
+    from svd_inbetween.samplers.settings import GenerationSettings
+    lat = tiny.conds[4]
     args = dict(seed=3, steps=STEPS, cfg=2.0, mode="gi", recurrence=5, recurrence_ratio=0.5, forward_weight=0.5,
                 execution="batched")
     args.update(kw)
-    return sample_inbetween("test", model or tiny.model_gi, KeyframeConds(ps, ns, pe, ne), lat, GenerationSettings(**args))["samples"]
+    return sample_inbetween("test", model or tiny.model_gi, tiny.keyframe_conds, lat,
+                            GenerationSettings(**args))["samples"]
 
 
 def ksampler(tiny, model=None, seed=3, cfg=2.0):
@@ -82,8 +83,8 @@ def test_stock_model_untouched_after_runs_errors_and_interrupts(tiny):
 
     from svd_inbetween.samplers.run import sample_inbetween
 
-    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
-    ps, ns, pe, ne, lat = tiny.conds
+    from svd_inbetween.samplers.settings import GenerationSettings
+    lat = tiny.conds[4]
     calls = []
 
     def interrupt_at_second_step(step, x0, x, total):
@@ -93,8 +94,9 @@ def test_stock_model_untouched_after_runs_errors_and_interrupts(tiny):
         comfy.model_management.throw_exception_if_processing_interrupted()
 
     with pytest.raises(comfy.model_management.InterruptProcessingException):
-        sample_inbetween("test", tiny.model_gi, KeyframeConds(ps, ns, pe, ne), lat, GenerationSettings(seed=3, steps=STEPS, cfg=2.0,
-                         execution="sequential"), callback=interrupt_at_second_step)
+        sample_inbetween("test", tiny.model_gi, tiny.keyframe_conds, lat,
+                         GenerationSettings(seed=3, steps=STEPS, cfg=2.0, execution="sequential"),
+                         callback=interrupt_at_second_step)
     assert calls == [0, 1]
     assert torch.equal(ksampler(tiny), ref)
 

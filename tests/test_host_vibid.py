@@ -11,12 +11,12 @@ STEPS = 2
 
 def run(tiny, model=None, mode="vibid_gi", **kw):
     from svd_inbetween.samplers.run import sample_inbetween
-    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
-    ps, ns, pe, ne, lat = tiny.conds
+    from svd_inbetween.samplers.settings import GenerationSettings
+    lat = tiny.conds[4]
     args = dict(seed=3, steps=STEPS, cfg=1.5, mode=mode, execution="batched")
     args.update(kw)
     default = tiny.model_gi if mode == "vibid_gi" else tiny.model
-    return sample_inbetween("test", model or default, KeyframeConds(ps, ns, pe, ne), lat,
+    return sample_inbetween("test", model or default, tiny.keyframe_conds, lat,
                             GenerationSettings(**args))["samples"]
 
 
@@ -122,12 +122,12 @@ def test_one_direction_call_is_stock_svd_on_that_direction(tiny, direction):
     import comfy.samplers
 
     from svd_inbetween.samplers.run import make_guider
-    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
+    from svd_inbetween.samplers.settings import GenerationSettings
     ps, ns, pe, ne, lat = tiny.conds
     sigmas = comfy.samplers.calculate_sigmas(tiny.model.get_model_object("model_sampling"), "karras", 4)[2:]
     noise = comfy.sample.prepare_noise(lat["samples"], 5)
     ours_ans, stock_ans = [], []
-    guider = make_guider("test", tiny.model, KeyframeConds(ps, ns, pe, ne),
+    guider = make_guider("test", tiny.model, tiny.keyframe_conds,
                          GenerationSettings(cfg=2.5, mode="vibid", forward_weight=0.5, execution="batched"))
     ours = guider.sample(noise, lat["samples"], one_call_sampler(direction, ours_ans), sigmas, seed=5)
     stock = comfy.samplers.CFGGuider(tiny.model)

@@ -13,12 +13,12 @@ BUDGET_ENV = "SVD_INBETWEEN_MEMORY_BUDGET_MB"
 
 def run(tiny, model=None, **kw):
     from svd_inbetween.samplers.run import sample_inbetween
-    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
-    ps, ns, pe, ne, lat = tiny.conds
+    from svd_inbetween.samplers.settings import GenerationSettings
+    lat = tiny.conds[4]
     args = dict(seed=3, steps=4, cfg=2.0, mode="gi", recurrence=5, recurrence_ratio=0.5, forward_weight=0.5,
                 execution="sequential")
     args.update(kw)
-    return sample_inbetween("test", model or tiny.model_gi, KeyframeConds(ps, ns, pe, ne), lat, GenerationSettings(**args),
+    return sample_inbetween("test", model or tiny.model_gi, tiny.keyframe_conds, lat, GenerationSettings(**args),
                             callback=lambda *a: None)["samples"]
 
 
@@ -57,14 +57,13 @@ def predictions(model, conds, latent, execution: str, mode: str = "gi", sigmas=(
     import comfy.samplers
     from svd_inbetween.samplers.run import make_guider
     from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
-    ps, ns, pe, ne = conds
     got = []
 
     def probe(model_k, x, sigmas_, extra_args=None, callback=None, disable=None):
         for s in sigmas_[:-1]:
             got.append(model_k(x * s, s * x.new_ones([x.shape[0]]), **(extra_args or {})))
         return x
-    guider = make_guider("test", model, KeyframeConds(ps, ns, pe, ne),
+    guider = make_guider("test", model, KeyframeConds(*conds),
                          GenerationSettings(cfg=2.0, mode=mode, forward_weight=0.5, execution=execution))
     noise = torch.randn(latent.shape, generator=torch.Generator().manual_seed(7))
     guider.sample(noise, latent, comfy.samplers.KSAMPLER(probe), torch.tensor([*sigmas, 0.0]), disable_pbar=True,
@@ -175,10 +174,10 @@ def test_auto_picks_the_fastest_that_fits_and_logs_why(tiny, monkeypatch, caplog
     import comfy.model_management
     from svd_inbetween.samplers.recurrent_euler import recurrent_euler_sampler
     from svd_inbetween.samplers.run import make_guider, run_guider
-    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
+    from svd_inbetween.samplers.settings import GenerationSettings
     need = {e: _needed(tiny, e) for e in ("batched", "sequential", "lowvram")}
     assert need["batched"] > need["sequential"] > need["lowvram"]
-    ps, ns, pe, ne, lat = tiny.conds
+    lat = tiny.conds[4]
     outs = {}
     kib = 1024
     for expected, budget in (("batched", None), ("batched", need["batched"] + kib),
@@ -192,7 +191,7 @@ def test_auto_picks_the_fastest_that_fits_and_logs_why(tiny, monkeypatch, caplog
         with caplog.at_level(logging.INFO, logger="svd_inbetween.samplers.execution"):
             settings = GenerationSettings(seed=3, steps=3, cfg=2.0, mode="gi", forward_weight=0.5, execution="auto",
                                           recurrence=1, recurrence_ratio=0.5)
-            guider = make_guider("test", tiny.model_gi, KeyframeConds(ps, ns, pe, ne), settings)
+            guider = make_guider("test", tiny.model_gi, tiny.keyframe_conds, settings)
             # 3 steps: with fewer, one step goes from sigma 700 to ~0 and fp32 leaves ulp(700) of resolution
             out = run_guider(guider, lat, settings, recurrent_euler_sampler(1, 0.5), callback=lambda *a: None)["samples"]
         assert guider.chosen_execution == expected, (budget, need)

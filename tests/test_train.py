@@ -132,12 +132,13 @@ def test_checkpoints_and_resume_continue_exactly(tiny, run):
 
 def test_saved_file_drives_inbetween_sampling(tiny, run):
     from svd_inbetween.samplers.run import sample_inbetween
-    from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
+    from svd_inbetween.samplers.settings import GenerationSettings
     from svd_inbetween.weights.apply import apply_backward_weights
-    ps, ns, pe, ne, lat = tiny.conds
-    args = dict(seed=3, steps=4, cfg=2.0, mode="gi", recurrence=1, recurrence_ratio=0.5, execution="batched")
-    trained = sample_inbetween("test", apply_backward_weights(tiny.model, run.out), KeyframeConds(ps, ns, pe, ne), lat, GenerationSettings(**args))
-    untrained = sample_inbetween("test", base_model_with_copies(tiny), KeyframeConds(ps, ns, pe, ne), lat, GenerationSettings(**args))
+    lat = tiny.conds[4]
+    settings = GenerationSettings(seed=3, steps=4, cfg=2.0, mode="gi", recurrence=1, recurrence_ratio=0.5,
+                                  execution="batched")
+    trained = sample_inbetween("test", apply_backward_weights(tiny.model, run.out), tiny.keyframe_conds, lat, settings)
+    untrained = sample_inbetween("test", base_model_with_copies(tiny), tiny.keyframe_conds, lat, settings)
     out = trained["samples"]
     assert out.shape == lat["samples"].shape and torch.isfinite(out).all()
     assert (out - untrained["samples"]).abs().max().item() > 1e-4
