@@ -18,21 +18,6 @@ PREFIX = "diffusion_model."
 TEMPORAL_ATTN1 = re.compile(r"^(input_blocks|middle_block|output_blocks)\.[\d.]*time_stack\.\d+\.attn1$")
 SVD_LAYER_COUNT = 16
 
-# The paper's fused modes (one fused prediction per step) and the ViBiD ones.
-FUSED_MODES = ("gi", "gi_no_finetune", "trf")
-MODES = (*FUSED_MODES, "vibid", "vibid_gi")
-# Modes whose backward pass uses the fine-tuned W_v'/W_o'.
-BACKWARD_WEIGHT_MODES = ("gi", "vibid_gi")
-MODE_HELP = {
-    "gi": "the paper's method: the most coherent motion, slowest; needs the backward weights",
-    "gi_no_finetune": "the paper without its fine-tuned weights: weaker backward motion; needs no extra file",
-    "trf": "baseline: forward and time-reversed SVD averaged; needs no extra file, can blend two motions",
-    "vibid": "fast preview (ViBiDSampler, about 7x less work than gi); needs no extra file; "
-             "use about 25 steps and cfg 1.0",
-    "vibid_gi": "vibid's speed with the backward-motion model; needs the backward weights; "
-                "use about 25 steps and cfg 1.0",
-}
-
 
 class NotSVDModelError(ValueError):
     pass

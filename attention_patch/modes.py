@@ -3,9 +3,13 @@
 rotation: which temporal attn1 layers give the backward pass the rotated forward maps
     ("all" 16, "up" the output blocks only, "none" plain time-reversed pass);
 finetuned: the backward pass uses the fine-tuned W_v'/W_o' (needs backward weights);
-schedule: "fused" (one fused prediction of both directions per step, recurrent Euler)
-    or "alternating" (ViBiD: a forward then a backward denoise per step, one direction
-    per model call);
+schedule: the sampler loop --
+    "fused" (one fused prediction of both directions per step, recurrent Euler);
+    "alternating" (ViBiD: a forward then a backward denoise per step, one direction per call);
+    "mpd" (Motion Prior Distillation on ViBiD: early steps first distil the forward path's
+        residuals into the backward path, then the alternating step);
+    "mpd_trf" (MPD on TRF: early steps one distillation then the alternating step, later
+        steps fused with per-frame weights 1 -> 0, repeated with re-noising);
 help: what a user gets, for tooltips and --help.
 The combo strings (the keys) are public: workflows store them.
 """
@@ -14,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ROTATIONS = ("all", "up", "none")
-SCHEDULES = ("fused", "alternating")
+SCHEDULES = ("fused", "alternating", "mpd", "mpd_trf")
+# The SAMPLER each schedule needs (None: any sampler; the fused prediction is a plain x0).
+SCHEDULE_SAMPLER = {"fused": None, "alternating": "vibid", "mpd": "mpd", "mpd_trf": "mpd"}
 
 
 @dataclass(frozen=True)
@@ -37,6 +43,16 @@ class Mode:
     def alternating(self) -> bool:
         return self.schedule == "alternating"
 
+    @property
+    def sampler(self) -> str | None:
+        """The pack SAMPLER this mode needs ("vibid", "mpd"), None for any sampler."""
+        return SCHEDULE_SAMPLER[self.schedule]
+
+    @property
+    def ramp_fusion(self) -> bool:
+        """Fused predictions weigh the forward path 1 -> 0 over the frames (MPD on TRF)."""
+        return self.schedule == "mpd_trf"
+
 
 MODE_TABLE: dict[str, Mode] = {m.name: m for m in (
     Mode("gi", "all", True, "fused",
@@ -50,6 +66,15 @@ MODE_TABLE: dict[str, Mode] = {m.name: m for m in (
          "use about 25 steps and cfg 1.0"),
     Mode("vibid_gi", "all", True, "alternating",
          "vibid's speed with the backward-motion model; needs the backward weights; "
+         "use about 25 steps and cfg 1.0"),
+    Mode("mpd", "none", False, "mpd",
+         "the best training-free motion (Motion Prior Distillation on ViBiD, ICLR 2026; about 1.3x vibid's "
+         "work); needs no extra file; use about 25 steps and cfg 1.0"),
+    Mode("mpd_trf", "none", False, "mpd_trf",
+         "Motion Prior Distillation on TRF: the sharpest frames of the training-free modes (about 2.8x vibid's "
+         "work); needs no extra file; use about 25 steps and cfg 1.0"),
+    Mode("mpd_gi", "all", True, "mpd",
+         "mpd with the backward-motion model in its backward steps; needs the backward weights; "
          "use about 25 steps and cfg 1.0"),
 )}
 

@@ -8,8 +8,13 @@ import torch
 RESIZE_MODES = ("crop", "stretch", "pad")
 # Image files a keyframe, frame or clip folder may hold.
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-# Extra key in our cond dicts so the sampler can check frame counts; SVD ignores it.
+# Extra keys in our cond dicts; SVD's extra_conds ignores them.
+# The frame count the conds were made for, so the sampler can check it.
 FRAMES_KEY = "svd_inbetween_frames"
+# The keyframe's latent WITHOUT the augmentation noise (VAE space, like concat_latent_image): what
+# DDS pins the video's end frames to. The authors add the augmentation noise only to the
+# conditioning and pin encode(keyframe); concat_latent_image is the noise-augmented keyframe.
+CLEAN_LATENT_KEY = "svd_inbetween_keyframe_latent"
 
 
 def fit_image(image: torch.Tensor, width: int, height: int, mode: str) -> torch.Tensor:
@@ -62,12 +67,14 @@ def augment(pixels: torch.Tensor, level: float, noise: torch.Tensor) -> torch.Te
 
 def svd_conds(clip_vision, vae, pixels: torch.Tensor, encode_pixels: torch.Tensor, motion_bucket_id: int, fps: int,
               augmentation_level: float, frames: int):
-    """positive, negative cond lists for one keyframe, laid out like SVD_img2vid_Conditioning's."""
+    """positive, negative cond lists for one keyframe, laid out like SVD_img2vid_Conditioning's,
+    the positive one also holding the clean keyframe latent (CLEAN_LATENT_KEY) for DDS."""
     pooled = clip_vision.encode_image(pixels).image_embeds.unsqueeze(0)
     t = vae.encode(encode_pixels)
+    clean = t if encode_pixels is pixels else vae.encode(pixels)
     extra = {"motion_bucket_id": motion_bucket_id, "fps": fps, "augmentation_level": augmentation_level,
              FRAMES_KEY: frames}
-    positive = [[pooled, dict(extra, concat_latent_image=t)]]
+    positive = [[pooled, dict(extra, concat_latent_image=t, **{CLEAN_LATENT_KEY: clean})]]
     negative = [[torch.zeros_like(pooled), dict(extra, concat_latent_image=torch.zeros_like(t))]]
     return positive, negative
 

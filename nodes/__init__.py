@@ -5,7 +5,9 @@ from __future__ import annotations
 def node_list() -> list:
     from .chain import SVDInbetweenChain
     from .conditioning import SVDInbetweenConditioning
-    from .sampler import SVDInbetweenGuider, SVDInbetweenRecurrentEuler, SVDInbetweenSampler, SVDInbetweenViBiDSampler
+    from .sampler import (SVDInbetweenGuider, SVDInbetweenMPDSampler, SVDInbetweenRecurrentEuler, SVDInbetweenSampler,
+                          SVDInbetweenViBiDSampler)
     from .weights import SVDInbetweenLoadBackwardWeights
     return [SVDInbetweenConditioning, SVDInbetweenLoadBackwardWeights, SVDInbetweenSampler,
-            SVDInbetweenGuider, SVDInbetweenRecurrentEuler, SVDInbetweenViBiDSampler, SVDInbetweenChain]
+            SVDInbetweenGuider, SVDInbetweenRecurrentEuler, SVDInbetweenViBiDSampler, SVDInbetweenMPDSampler,
+            SVDInbetweenChain]

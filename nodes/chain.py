@@ -72,7 +72,7 @@ class SVDInbetweenChain(io.ComfyNode):
                         "come one per keyframe_N input or as one IMAGE batch; a loop is A, B, A. With two "
                         "keyframes it equals SVDInbetweenConditioning (noise_seed = seed) + SVDInbetweenSampler.",
             inputs=[
-                io.Model.Input("model", tooltip="SVD model; for modes gi and vibid_gi, from "
+                io.Model.Input("model", tooltip="SVD model; for modes gi, vibid_gi and mpd_gi, from "
                                                 "SVDInbetweenLoadBackwardWeights."),
                 io.ClipVision.Input("clip_vision", tooltip="The SVD checkpoint's CLIP vision model."),
                 io.Vae.Input("vae", tooltip="The SVD checkpoint's VAE (encodes the keyframes, decodes the video)."),
@@ -89,12 +89,12 @@ class SVDInbetweenChain(io.ComfyNode):
                              tooltip="The one seed of the chain: initial noise, re-noising and keyframe "
                                      "augmentation noise."),
                 io.Int.Input("steps", default=50, min=1, max=10000,
-                             tooltip="Sampling steps (paper: 50 with recurrence; vibid modes: ~25)."),
+                             tooltip="Sampling steps (paper: 50 with recurrence; vibid and mpd modes: ~25)."),
                 g["cfg"], g["mode"], *recurrence_inputs(), g["forward_weight"], g["execution"], scheduler_input(),
                 io.Boolean.Input("cfg_pp", default=True, optional=True,
-                                 tooltip="vibid modes: CFG++ (step along the unconditional prediction)."),
+                                 tooltip="vibid and mpd modes: CFG++ (step along the unconditional prediction)."),
                 io.Boolean.Input("dds", default=True, optional=True,
-                                 tooltip="vibid modes: pin each half-step's far keyframe frames to the keyframes."),
+                                 tooltip="vibid and mpd modes: pin each half-step's far keyframe frames to the keyframes."),
                 *keyframe_inputs(),
             ],
             outputs=[

@@ -46,11 +46,11 @@ def guidance_inputs() -> dict[str, io.Input]:
     inputs = [
         io.Float.Input("cfg", default=2.0, min=0.0, max=100.0, step=0.1, round=0.01,
                        tooltip="How strongly the video follows the keyframes: 2.0 for the gi modes (the paper), about 1.0 "
-                               "for vibid. Too high gives harsh, jittery frames."),
+                               "for the vibid and mpd modes. Too high gives harsh, jittery frames."),
         io.Combo.Input("mode", options=list(MODES), default="gi", tooltip=MODE_TOOLTIP),
         io.Float.Input("forward_weight", default=0.5, min=0.0, max=1.0, step=0.05,
                        tooltip="Balance between following the start frame and the end frame: 0.5 = both equally, 1.0 = "
-                               "plain SVD from the start frame. Not used by the vibid modes."),
+                               "plain SVD from the start frame. Not used by the vibid and mpd modes."),
         io.Combo.Input("execution", options=list(EXECUTIONS), default="auto",
                        tooltip="Same video, different speed and memory: batched is fastest and needs the most memory, "
                                "sequential needs less and is slower, lowvram needs the least and is slowest (small "
@@ -68,7 +68,7 @@ def recurrence_inputs():
     return [
         io.Int.Input("recurrence", default=5, min=0, max=100,
                      tooltip="Extra passes on the early steps: smoother, more coherent motion; each pass costs about one "
-                             "step (paper: 5; 0 = fastest). Not used by the vibid modes."),
+                             "step (paper: 5; 0 = fastest). Not used by the vibid and mpd modes."),
         io.Float.Input("recurrence_ratio", default=0.5, min=0.0, max=1.0, step=0.05,
                        tooltip="Share of the steps, from the start, that get the extra passes (paper: 0.5): more is more "
                                "coherent and slower."),

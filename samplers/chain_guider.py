@@ -34,6 +34,11 @@ class SVDInbetweenChainGuider(comfy.samplers.CFGGuider):
         self.segments, self.windows = segments, windows
         self.original_conds = {f"{k}/{name}": c for k, g in enumerate(segments) for name, c in g.original_conds.items()}
 
+    @property
+    def mode(self):
+        """The segments' mode (one for the chain): what a pack SAMPLER asks of its guider."""
+        return self.segments[0].mode
+
     def sample(self, noise, latent_image, sampler, sigmas, denoise_mask=None, callback=None, disable_pbar=False, seed=None):
         largest = max(stop - start for start, stop in self.windows)
 

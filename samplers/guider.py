@@ -30,9 +30,12 @@ from ..attention_patch.modes import mode_of, rotate_layers
 from ..attention_patch.rotation import flip_frames
 from ..attention_patch.run_state import (BACKWARD_COND, BACKWARD_UNCOND, FORWARD_COND, FORWARD_UNCOND, RUN_KEY,
                                          InbetweenRun, is_backward)
+from ..conditioning.keyframes import CLEAN_LATENT_KEY
 from .execution import EXECUTIONS, call_groups, choose_execution, execution_estimates, free_memory, needed_bytes
-from .fusion import fuse
-from .protocol import ANSWERS_MARK, BACKWARD, DIRECTION_KEY, FORWARD, DirectionRequest, sends_requests
+from .fusion import frame_ramp, fuse
+from .protocol import (ANSWERS_MARK, BACKWARD, DIRECTION_KEY, DISTILLED, FORWARD, FUSED, REQUESTS, DirectionRequest,
+                       sampler_kind)
+from .steps import distilled_x0
 from .validation import fail
 
 log = logging.getLogger(__name__)
@@ -78,10 +81,11 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
     their own CFG in their own time direction. Fusing denoised predictions at the same
     x and sigma equals fusing v-predictions (denoised is affine in v).
 
-    A sampler may instead ask for one direction per call (a DirectionRequest in
-    model_options, see samplers/protocol.py). A backward-only call in a rotating mode still
-    runs the forward chunks on the same x, in the same call when batched, because the
-    backward chunks consume their attention maps; their outputs are dropped.
+    A sampler may instead ask for one direction per call, the distilled backward x0 or the
+    fused x0 with the forward unconditional x0 (a DirectionRequest in model_options, see
+    samplers/protocol.py). A backward-only call in a rotating mode still runs the forward
+    chunks on the same x, in the same call when batched, because the backward chunks consume
+    their attention maps; their outputs are dropped.
     """
 
     def __init__(self, model_patcher, mode: str = "gi", forward_weight: float = 0.5, execution: str = "auto",
@@ -99,6 +103,7 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
         self._pins: tuple[torch.Tensor, torch.Tensor] | None = None
         self._needed = 0.0
         self._warned_multigpu = False
+        self._warned_augmented_pins = False
 
     def set_conds(self, positive_start, negative_start, positive_end=None, negative_end=None):
         conds = {"positive": positive_start, "negative": negative_start}
@@ -108,10 +113,18 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
         self.inner_set_conds(conds)
 
     def check_sampler(self, sampler) -> None:
-        if self.mode.alternating and not sends_requests(sampler):
+        """The mode's schedule needs its pack SAMPLER, and the MPD SAMPLER needs an MPD mode."""
+        need, got = self.mode.sampler, sampler_kind(sampler)
+        if need == "vibid" and got != "vibid":
             fail("mode", f"{self.mode.name!r} denoises the two directions one after the other and needs the "
                  "SVDInbetweenViBiDSampler as SAMPLER; with other samplers pick gi, gi_no_finetune or trf",
                  node=self.node)
+        if need == "mpd" and got != "mpd":
+            fail("mode", f"{self.mode.name!r} is Motion Prior Distillation and needs the SVDInbetweenMPDSampler as "
+                 "SAMPLER; with other samplers pick gi, gi_no_finetune or trf", node=self.node)
+        if got == "mpd" and need != "mpd":
+            fail("mode", f"the SVDInbetweenMPDSampler needs a guider in mode mpd, mpd_trf or mpd_gi, got "
+                 f"{self.mode.name!r}; pick one of them in this guider", node=self.node)
 
     def begin_run(self) -> None:
         """Per-run state; `sample` calls it, a chain guider calls it for each segment."""
@@ -143,15 +156,20 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
 
     def predict_noise(self, x, timestep, model_options={}, seed=None):
         request: DirectionRequest | None = model_options.get(DIRECTION_KEY)
-        if request is None and self.mode.alternating:
+        if request is None and self.mode.sampler is not None:
             self.check_sampler(None)
         if request is not None and "positive_end" not in self.conds:
-            raise RuntimeError("SVD inbetween: a one-direction request needs positive_end and negative_end")
+            raise RuntimeError("SVD inbetween: a direction request needs positive_end and negative_end")
+        if request is not None and request.direction not in REQUESTS:
+            raise RuntimeError(f"SVD inbetween: unknown direction request {request.direction!r}")
         if request is None and ("positive_end" not in self.conds or self.forward_weight == 1.0):
             return super().predict_noise(x, timestep, model_options, seed)
-        want_forward = request is None or request.direction == FORWARD
-        want_backward = request is None or request.direction == BACKWARD
-        out, conds = self._unet(x, timestep, model_options, want_forward, want_backward)
+        direction = request.direction if request is not None else FUSED
+        want_forward = direction != BACKWARD
+        want_backward = direction in (BACKWARD, FUSED)
+        # A fused request's CFG++ follows the forward path's uncond: at cfg 1 the backward one is not needed.
+        backward_uncond = request is None or direction == BACKWARD or not math.isclose(self.cfg, 1.0)
+        out, conds = self._unet(x, timestep, model_options, want_forward, want_backward, backward_uncond)
 
         frames = x.shape[0]
         flip = lambda t: flip_frames(t, frames)  # noqa: E731
@@ -159,19 +177,28 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
         if want_forward:
             forward, uncond = self._guide(out[FORWARD_COND], out[FORWARD_UNCOND], x, timestep, model_options,
                                           conds[FORWARD_COND], conds[FORWARD_UNCOND])
+            forward_uncond = uncond
         if want_backward:
             backward, uncond = self._guide(flip(out[BACKWARD_COND]), flip(out[BACKWARD_UNCOND]), flip(x), timestep,
                                            model_options, conds[BACKWARD_COND], conds[BACKWARD_UNCOND])
             backward, uncond = flip(backward), flip(uncond)
+        weight = frame_ramp(frames, x) if self.mode.ramp_fusion else self.forward_weight
         if request is None:
-            return fuse(forward, backward, self.forward_weight)
-        has_uncond = conds[FORWARD_UNCOND if want_forward else BACKWARD_UNCOND] is not None
-        request.uncond = uncond if has_uncond else None
+            return fuse(forward, backward, weight)
+        has_uncond = conds[BACKWARD_UNCOND if direction == BACKWARD else FORWARD_UNCOND] is not None
         start, end = self._keyframe_latents(x)
-        request.pins = {frames - 1: end} if want_forward else {0: start}
-        return forward if want_forward else backward
+        if direction == FORWARD:
+            request.pins, result = {frames - 1: end}, forward
+        elif direction == BACKWARD:
+            request.pins, result = {0: start}, backward
+        elif direction == DISTILLED:
+            request.pins, result = {0: start}, distilled_x0(x, forward, timestep, end)
+        else:
+            request.pins, result, uncond = {}, fuse(forward, backward, weight), forward_uncond
+        request.uncond = uncond if has_uncond else None
+        return result
 
-    def _unet(self, x, timestep, model_options, want_forward: bool, want_backward: bool):
+    def _unet(self, x, timestep, model_options, want_forward: bool, want_backward: bool, backward_uncond: bool = True):
         """UNet outputs (forward time) for the conds one step needs, and those conds."""
         run = self._run
         use_uncond = not (math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False))
@@ -180,7 +207,7 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
         conds = [None] * 4
         if want_backward:
             conds[BACKWARD_COND] = self.conds["positive_end"]
-            conds[BACKWARD_UNCOND] = self.conds["negative_end"] if use_uncond else None
+            conds[BACKWARD_UNCOND] = self.conds["negative_end"] if use_uncond and backward_uncond else None
         if run_forward:
             conds[FORWARD_COND] = self.conds["positive"]
             conds[FORWARD_UNCOND] = self.conds["negative"] if use_uncond else None
@@ -214,19 +241,32 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
         return out, conds
 
     def _keyframe_latents(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Start and end keyframe latents in the model's latent space, from the conds' concat latents."""
+        """Start and end keyframe latents in the model's latent space: the clean keyframe latents
+        SVDInbetweenConditioning stores; for conds without them (stock SVD_img2vid_Conditioning) the
+        concat latent, which is the keyframe plus its augmentation noise."""
         if self._pins is None:
             pins = []
             for name in ("positive", "positive_end"):
-                t = self.original_conds[name][0].get("concat_latent_image")
+                extra = self.original_conds[name][0]
+                t = extra.get(CLEAN_LATENT_KEY)
                 if t is None:
-                    raise RuntimeError(f"SVD inbetween: {name} has no concat_latent_image to pin the endpoints to")
+                    t = extra.get("concat_latent_image")
+                    if t is None:
+                        raise RuntimeError(f"SVD inbetween: {name} has no concat_latent_image to pin the endpoints to")
+                    self._warn_augmented_pins(name, extra.get("augmentation_level", 0.0))
                 t = t[:1].to(device=x.device, dtype=x.dtype)
                 if t.shape[-2:] != x.shape[-2:]:  # as SVD's extra_conds does for c_concat
                     t = comfy.utils.common_upscale(t, x.shape[-1], x.shape[-2], "bilinear", "center")
                 pins.append(self.inner_model.process_latent_in(t))
             self._pins = (pins[0], pins[1])
         return self._pins
+
+    def _warn_augmented_pins(self, name: str, level) -> None:
+        if level and not self._warned_augmented_pins:
+            log.warning("SVD inbetween: %s carries no clean keyframe latent (stock SVD_img2vid_Conditioning?), so "
+                        "DDS pins the end frames to its noise-augmented keyframe (augmentation_level %s); "
+                        "SVDInbetweenConditioning pins the clean keyframe", name, level)
+            self._warned_augmented_pins = True
 
     def _guide(self, cond_pred, uncond_pred, x, timestep, model_options, cond, uncond):
         """Stock CFG (including any sampler_cfg_function on the model) in one direction's own time.

@@ -20,10 +20,11 @@ from ..attention_patch.layers import with_proxies
 from .execution import EXECUTIONS
 from .guidance import GUIDANCE, linear_cfg
 from .guider import SVDInbetweenGuider
+from .mpd import mpd_sampler
 from .recurrent_euler import recurrent_euler_sampler
 from .settings import GenerationSettings, KeyframeConds
-from .validation import (check_choice, check_conds_fit_model, check_forward_weight, check_inputs, check_model,
-                         check_recurrence, check_steps, labelled)
+from .validation import (check_choice, check_conds_fit_model, check_distillation, check_forward_weight, check_inputs,
+                         check_model, check_recurrence, check_steps, labelled)
 from .vibid import vibid_sampler
 
 if TYPE_CHECKING:
@@ -49,6 +50,9 @@ def check_sampling_settings(settings: GenerationSettings) -> None:
     if settings.spec.fused:
         check_forward_weight(settings.forward_weight)
         check_recurrence(settings.recurrence, settings.recurrence_ratio)
+    if settings.spec.sampler == "mpd":
+        check_distillation("mpd_", settings.mpd.fraction, settings.mpd.iterations)
+        check_distillation("mpd_trf_", settings.mpd_trf.fraction, settings.mpd_trf.iterations, settings.mpd_trf.repeats)
     check_choice("scheduler", settings.scheduler, comfy.samplers.SCHEDULER_NAMES)
     check_steps(settings.steps)
 
@@ -68,7 +72,9 @@ def build_guider(model: ModelPatcher, conds: KeyframeConds, settings: Generation
 
 
 def sampler_for(settings: GenerationSettings) -> comfy.samplers.KSAMPLER:
-    """The SAMPLER the mode's schedule needs: recurrent Euler (fused) or ViBiD (alternating)."""
+    """The SAMPLER the mode's schedule needs: recurrent Euler (fused), ViBiD (alternating) or MPD."""
+    if settings.spec.sampler == "mpd":
+        return mpd_sampler(settings.cfg_pp, settings.dds, settings.mpd, settings.mpd_trf)
     if settings.spec.alternating:
         return vibid_sampler(settings.cfg_pp, settings.dds)
     return recurrent_euler_sampler(settings.recurrence, settings.recurrence_ratio)

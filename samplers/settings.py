@@ -8,11 +8,25 @@ from ..attention_patch.modes import MODES, Mode, mode_of
 
 
 @dataclass(frozen=True)
+class Distillation:
+    """The constants of one Motion Prior Distillation loop (samplers/mpd.py)."""
+    fraction: float  # distil while step i < fraction * steps (a float comparison, as the authors')
+    iterations: int  # distillation iterations (one forward denoise + re-noise each) per such step
+    repeats: int = 0  # MPD on TRF: re-noised fused passes per later step, before its final pass
+
+
+# The authors' constants: mpd_seq.py (MPD on ViBiD) and mpd_par.py (MPD on TRF).
+MPD_SEQ = Distillation(fraction=0.2, iterations=3)
+MPD_TRF = Distillation(fraction=0.1, iterations=1, repeats=3)
+
+
+@dataclass(frozen=True)
 class GenerationSettings:
     """Defaults are the paper's (SVD-XT, 50 Euler steps, cfg 2, recurrence 5 over half the steps).
 
     recurrence, recurrence_ratio and forward_weight apply to the fused modes; cfg_pp and dds
-    to the alternating (ViBiD) ones; min_cfg to guidance "linear".
+    to the alternating (ViBiD) and MPD ones; mpd / mpd_trf to the MPD modes (schedule "mpd" /
+    "mpd_trf"); min_cfg to guidance "linear".
     """
     seed: int = 0
     steps: int = 50
@@ -27,6 +41,8 @@ class GenerationSettings:
     min_cfg: float = 1.0
     cfg_pp: bool = True
     dds: bool = True
+    mpd: Distillation = MPD_SEQ
+    mpd_trf: Distillation = MPD_TRF
 
     @property
     def spec(self) -> Mode | None:

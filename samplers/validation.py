@@ -74,7 +74,7 @@ def check_model(model: ModelPatcher, mode: str) -> None:
     except NotSVDModelError as e:
         fail("model", str(e))
     if spec.finetuned and not has_backward_weights(model):
-        instead = "'vibid'" if spec.alternating else "'gi_no_finetune' or 'trf'"
+        instead = {"vibid": "'vibid'", "mpd": "'mpd' or 'mpd_trf'"}.get(spec.sampler, "'gi_no_finetune' or 'trf'")
         fail("model", f"mode {mode!r} needs backward-motion weights: put SVDInbetweenLoadBackwardWeights "
              f"before this node, or pick mode {instead}")
 
@@ -94,6 +94,19 @@ def check_recurrence(recurrence: int, recurrence_ratio: float) -> None:
         repeats_per_step(1, recurrence, recurrence_ratio)
     except ValueError as e:
         fail("recurrence", str(e))
+
+
+def check_distillation(prefix: str, fraction: float, iterations: int, repeats: int | None = None) -> None:
+    """An MPD loop's constants; `prefix` names the inputs (e.g. 'mpd_' -> 'mpd_distill_fraction')."""
+    if not (isinstance(fraction, (int, float)) and math.isfinite(fraction) and 0.0 <= fraction <= 1.0):
+        fail(f"{prefix}distill_fraction", f"must be a number in [0, 1] (the share of the steps that distil; the "
+             f"authors use 0.2 for mpd, 0.1 for mpd_trf), got {fraction!r}")
+    if not isinstance(iterations, int) or iterations < 1:
+        fail(f"{prefix}distill_iterations", f"must be a whole number >= 1, got {iterations!r}; to sample without "
+             f"distillation set {prefix}distill_fraction to 0")
+    if repeats is not None and (not isinstance(repeats, int) or repeats < 0):
+        fail(f"{prefix}repeats", f"must be a whole number >= 0 (re-noised fused passes before each later step's "
+             f"final one; the authors use 3), got {repeats!r}")
 
 
 def check_steps(steps: int) -> None:

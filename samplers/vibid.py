@@ -15,13 +15,15 @@ forward time throughout; every operation here commutes with a time flip.
 Options (both on in the authors' code):
   cfg_pp: CFG++ -- the step keeps the guided x0 but re-noises along the *unconditional*
           prediction, x_next = x0_guided + (x - x0_uncond) / sigma * sigma_next.
-  dds:    endpoint consistency -- the authors solve a masked least-squares problem with a
-          few conjugate-gradient iterations that replace the far keyframe's frame of the
-          denoised prediction; CG converges in one iteration for a frame mask, so this is
-          the closed form: that frame becomes the keyframe's latent.
+  dds:    endpoint consistency -- the far keyframe's frame of the denoised prediction becomes
+          the clean keyframe's latent (the authors' conjugate-gradient solve in closed form,
+          see steps.pin_frames).
 
+The MPD sampler (samplers/mpd.py) is built from the same request steps.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import trange
@@ -29,10 +31,62 @@ from tqdm.auto import trange
 import comfy.model_management
 import comfy.samplers
 
-from .protocol import BACKWARD, DIRECTION_KEY, FORWARD, SENDS_REQUESTS_MARK, DirectionRequest, answers_requests
+from .protocol import BACKWARD, DIRECTION_KEY, FORWARD, SAMPLER_MARK, DirectionRequest, answers_requests
 from .schedule import recurrence_noise_sampler, renoise_std
 from .steps import cfgpp_step, pin_frames
 from .validation import fail
+
+
+@dataclass
+class RequestSteps:
+    """Steps of a sampler that sends DirectionRequests to the dual-direction guider.
+
+    `node`: the node that made the SAMPLER, named in the errors (they fire inside
+    SamplerCustomAdvanced)."""
+    model: object
+    extra_args: dict
+    s_in: torch.Tensor
+    noise_sampler: object
+    cfg_pp: bool
+    node: str | None
+
+    @classmethod
+    def start(cls, model, x, extra_args, noise_sampler, cfg_pp: bool, node: str | None, what: str) -> RequestSteps:
+        """Checks the GUIDER (before any model call) and prepares the options every request carries."""
+        guider = getattr(model, "inner_model", None)
+        if guider is not None and not answers_requests(guider):
+            fail("sampler", f"the {what} sampler needs the SVD Inbetween Guider as GUIDER (a stock guider cannot "
+                 "denoise one direction at a time)", node=node)
+        extra_args = {} if extra_args is None else extra_args
+        options = dict(extra_args.get("model_options", {}))
+        if cfg_pp:
+            options["disable_cfg1_optimization"] = True  # CFG++ needs the unconditional x0 even at cfg 1
+        if noise_sampler is None:
+            noise_sampler = recurrence_noise_sampler(x, extra_args.get("seed"))
+        return cls(model, dict(extra_args, model_options=options), x.new_ones([x.shape[0]]), noise_sampler,
+                   cfg_pp, node)
+
+    def step(self, x, sigma, sigma_next, direction: str, dds: bool):
+        """One request at sigma, then the (CFG++) step to sigma_next -> (x_next, the request's x0)."""
+        request = DirectionRequest(direction)
+        options = {**self.extra_args["model_options"], DIRECTION_KEY: request}
+        x0 = self.model(x, sigma * self.s_in, **dict(self.extra_args, model_options=options))
+        if request.pins is None:
+            fail("sampler", "the guider did not answer a direction request; use the SVD Inbetween Guider",
+                 node=self.node)
+        toward = request.uncond if self.cfg_pp and request.uncond is not None else x0
+        return cfgpp_step(x, pin_frames(x0, request.pins) if dds else x0, toward, sigma, sigma_next), x0
+
+    def renoise(self, x, sigma, sigma_next):
+        """x at sigma_next back to sigma with one fresh draw of the noise sampler."""
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        return x + self.noise_sampler(sigma, sigma_next) * renoise_std(sigma, sigma_next)
+
+    def alternating(self, x, sigma, sigma_next, dds: bool):
+        """ViBiD's step: forward half, re-noise, backward half -> (x_next, the backward x0)."""
+        x, _ = self.step(x, sigma, sigma_next, FORWARD, dds)
+        x = self.renoise(x, sigma, sigma_next)
+        return self.step(x, sigma, sigma_next, BACKWARD, dds)
 
 
 @torch.no_grad()
@@ -41,42 +95,18 @@ def sample_vibid(model, x, sigmas, extra_args=None, callback=None, disable=None,
     """k-diffusion style sampler; `model` must wrap an SVD inbetween guider.
 
     noise_sampler(sigma, sigma_next) gives the unit noise of each re-noising; by default the
-    seed's recurrence stream (schedule.recurrence_noise_sampler). `node`: the node that made
-    this SAMPLER, named in the errors below (they fire inside SamplerCustomAdvanced)."""
-    extra_args = {} if extra_args is None else extra_args
-    guider = getattr(model, "inner_model", None)
-    if guider is not None and not answers_requests(guider):
-        fail("sampler", "the ViBiD sampler needs the SVD Inbetween Guider as GUIDER (a stock guider cannot denoise "
-             "one direction at a time)", node=node)
-    options = dict(extra_args.get("model_options", {}))
-    if cfg_pp:
-        options["disable_cfg1_optimization"] = True  # CFG++ needs the unconditional x0 even at cfg 1
-    s_in = x.new_ones([x.shape[0]])
-    if noise_sampler is None:
-        noise_sampler = recurrence_noise_sampler(x, extra_args.get("seed"))
-
-    def half_step(x, sigma, sigma_next, direction):
-        request = DirectionRequest(direction)
-        x0 = model(x, sigma * s_in, **dict(extra_args, model_options={**options, DIRECTION_KEY: request}))
-        if request.pins is None:
-            fail("sampler", "the guider did not answer a one-direction request; use the SVD Inbetween Guider",
-                 node=node)
-        toward = request.uncond if cfg_pp and request.uncond is not None else x0
-        return cfgpp_step(x, pin_frames(x0, request.pins) if dds else x0, toward, sigma, sigma_next), x0
-
+    seed's recurrence stream (schedule.recurrence_noise_sampler)."""
+    steps = RequestSteps.start(model, x, extra_args, noise_sampler, cfg_pp, node, "ViBiD")
     for i in trange(len(sigmas) - 1, disable=disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x_start = x
-        x, _ = half_step(x, sigma, sigma_next, FORWARD)
-        comfy.model_management.throw_exception_if_processing_interrupted()
-        x = x + noise_sampler(sigma, sigma_next) * renoise_std(sigma, sigma_next)
-        x, x0 = half_step(x, sigma, sigma_next, BACKWARD)
+        x, x0 = steps.alternating(x, sigma, sigma_next, dds)
         if callback is not None:
             callback({"x": x_start, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0})
     return x
 
 
-setattr(sample_vibid, SENDS_REQUESTS_MARK, True)
+setattr(sample_vibid, SAMPLER_MARK, "vibid")
 
 
 def vibid_sampler(cfg_pp: bool = True, dds: bool = True, node: str | None = None) -> comfy.samplers.KSAMPLER:

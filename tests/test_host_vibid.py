@@ -85,7 +85,7 @@ def one_call_sampler(direction, answers):
     """A SAMPLER that makes one one-direction call at sigma_0 and returns its x0 (uncond kept in `answers`)."""
     import comfy.samplers
 
-    from svd_inbetween.samplers.protocol import DIRECTION_KEY, SENDS_REQUESTS_MARK, DirectionRequest
+    from svd_inbetween.samplers.protocol import DIRECTION_KEY, SAMPLER_MARK, DirectionRequest
 
     def fn(model, x, sigmas, extra_args=None, callback=None, disable=None):
         req = DirectionRequest(direction)
@@ -93,7 +93,7 @@ def one_call_sampler(direction, answers):
         out = model(x, sigmas[0] * x.new_ones(x.shape[0]), **dict(extra_args, model_options=opts))
         answers.append(req)
         return out
-    setattr(fn, SENDS_REQUESTS_MARK, True)
+    setattr(fn, SAMPLER_MARK, "vibid")
     return comfy.samplers.KSAMPLER(fn)
 
 
