@@ -205,3 +205,118 @@ def test_pins_are_the_clean_keyframes_at_augmentation(tiny, aug_conds):
     guider.sample(torch.zeros_like(lat["samples"]), lat["samples"], one_call_sampler("forward", answers), sigmas,
                   seed=1)
     assert torch.equal(answers[0].pins[4], noisy)
+
+
+def test_bad_building_blocks_and_settings_are_refused_before_any_model_call(tiny):
+    import comfy.sample
+    import comfy.samplers
+    from test_host_vibid import counted
+
+    from svd_inbetween.nodes.sampler import (SVDInbetweenGuider, SVDInbetweenMPDSampler, SVDInbetweenRecurrentEuler,
+                                             SVDInbetweenViBiDSampler)
+    from svd_inbetween.samplers.validation import InbetweenInputError
+    ps, ns, pe, ne, lat = tiny.conds
+    m, counter = counted(tiny.model)
+    sigmas = comfy.samplers.calculate_sigmas(tiny.model.get_model_object("model_sampling"), "karras", 3)
+    noise = comfy.sample.prepare_noise(lat["samples"], 0)
+    mpd = SVDInbetweenMPDSampler.execute().args[0]
+
+    def guider(mode):
+        return SVDInbetweenGuider.execute(m, ps, ns, pe, ne, 1.0, mode, 0.5, "batched").args[0]
+    stock = comfy.samplers.CFGGuider(m)
+    stock.set_conds(ps, ns)
+    with pytest.raises(InbetweenInputError, match="SVDInbetweenMPDSampler: input 'sampler'.*SVD Inbetween Guider"):
+        stock.sample(noise, lat["samples"], mpd, sigmas)
+    for mode, says in (("vibid", "needs the SVDInbetweenViBiDSampler"),
+                       ("gi_no_finetune", "SVDInbetweenMPDSampler needs a guider in mode mpd")):
+        with pytest.raises(InbetweenInputError, match=f"SVDInbetweenGuider: input 'mode'.*{says}"):
+            guider(mode).sample(noise, lat["samples"], mpd, sigmas)
+    euler = SVDInbetweenRecurrentEuler.execute(5, 0.5).args[0]
+    vibid = SVDInbetweenViBiDSampler.execute().args[0]
+    for mode in ("mpd", "mpd_trf"):
+        for other in (euler, vibid):
+            with pytest.raises(InbetweenInputError, match=f"SVDInbetweenGuider: input 'mode'.*'{mode}'.*"
+                                                          "SVDInbetweenMPDSampler"):
+                guider(mode).sample(noise, lat["samples"], other, sigmas)
+    assert counter.per_call == []
+    for kwargs, name in ((dict(mpd_distill_fraction=float("nan")), "mpd_distill_fraction"),
+                         (dict(mpd_trf_distill_fraction=1.5), "mpd_trf_distill_fraction"),
+                         (dict(mpd_distill_iterations=0), "mpd_distill_iterations"),
+                         (dict(mpd_trf_distill_iterations=0), "mpd_trf_distill_iterations"),
+                         (dict(mpd_trf_repeats=-1), "mpd_trf_repeats")):
+        with pytest.raises(InbetweenInputError, match=f"SVDInbetweenMPDSampler: input '{name}'"):
+            SVDInbetweenMPDSampler.execute(**kwargs)
+    from svd_inbetween.samplers.run import sample_inbetween
+    from svd_inbetween.samplers.settings import Distillation, GenerationSettings
+    with pytest.raises(InbetweenInputError, match="test: input 'mpd_distill_fraction'"):
+        sample_inbetween("test", m, tiny.keyframe_conds, lat,
+                         GenerationSettings(steps=3, cfg=1.0, mode="mpd", mpd=Distillation(float("inf"), 3)))
+    with pytest.raises(InbetweenInputError, match="test: input 'model'.*mpd_gi.*'mpd' or 'mpd_trf'"):
+        sample_inbetween("test", m, tiny.keyframe_conds, lat, GenerationSettings(steps=3, cfg=1.0, mode="mpd_gi"))
+    assert counter.per_call == []
+
+
+@pytest.mark.parametrize("mode", ["mpd", "mpd_trf", "mpd_gi"])
+def test_all_in_one_equals_custom_advanced_calls_per_request_and_stock_model_untouched(tiny, mode):
+    from fixtures_host import stock_ksampler
+    from test_host_vibid import counted
+
+    from svd_inbetween.nodes.sampler import SVDInbetweenSampler
+    ps, ns, pe, ne, lat = tiny.conds
+    ref = stock_ksampler(tiny.model, tiny.conds, 3, 2)
+    base = tiny.model_gi if mode == "mpd_gi" else tiny.model
+    m, counter = counted(base)
+    node = SVDInbetweenSampler.execute(m, ps, ns, pe, ne, lat, SEED, STEPS, 1.0, mode, 5, 0.5, 0.5,
+                                       "batched")[0]["samples"]
+    assert torch.equal(node, ours(tiny, tiny.conds, mode, "batched", model=base))
+    # videos per UNet call: distilled / forward 2 (cond + uncond); backward 2, or 4 with the forward chunks that
+    # hand it their maps (mpd_gi); fused at cfg 1: forward cond + uncond and backward cond
+    backward = 4 if mode == "mpd_gi" else 2
+    if mode == "mpd_trf":
+        expected = [2, 2, backward] + [3] * 4 * (STEPS - 1)
+    else:
+        expected = ([2] * 3 + [2, backward]) * 2 + [2, backward] * (STEPS - 2)
+    assert counter.per_call == expected
+    assert torch.equal(stock_ksampler(tiny.model, tiny.conds, 3, 2), ref)
+
+
+def test_mpd_gi_uses_the_backward_model_and_is_mpd_in_the_degenerate_case(tiny):
+    """mpd_gi's backward steps use rot180 of the forward maps and W_v'/W_o'. With W' = W, start == end and a
+    model whose forward pass commutes with a time flip, the rotated maps are the backward pass's own, so
+    mpd_gi == mpd; with the random W' it differs."""
+    import comfy.sample
+    import comfy.samplers
+    import tiny_models as tm
+    from fixtures_host import conditioning
+    from test_host_vibid import stock_sampler
+
+    from svd_inbetween.attention_patch.layers import with_proxies
+    from svd_inbetween.weights.apply import model_base_weights
+    assert (ours(tiny, tiny.conds, "mpd_gi", "batched", model=tiny.model_gi)
+            - ours(tiny, tiny.conds, "mpd", "batched")).abs().max().item() > 1e-4
+
+    sym = tm.tiny_svd_model(seed=5)
+    unet = sym.model.diffusion_model
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if p.ndim == 5 and p.shape[2] == 3:  # temporal convs [out, in, 3, 1, 1]: symmetric in time
+                p.copy_((p + p.flip(2)) / 2)
+            if "time_pos_embed.2.weight" in name:  # frame position embedding: the same for every frame
+                p.zero_()
+    same = with_proxies(sym, {p: (v.detach().clone(), o.detach().clone())
+                              for p, (v, o) in model_base_weights(sym).items()})
+    ps, ns, _, _, lat = conditioning(tiny.clip_vision, tiny.vae)
+    conds = (ps, ns, ps, ns, lat)  # start == end
+
+    stock = comfy.samplers.CFGGuider(sym)  # the symmetrised model really commutes with the time flip
+    stock.set_conds(ps, ns)
+    stock.set_cfg(1.0)
+    sigmas = comfy.samplers.calculate_sigmas(sym.get_model_object("model_sampling"), "karras", 4)[1:]
+    noise = comfy.sample.prepare_noise(lat["samples"], 5)
+    flipped, plain_x0 = (stock.sample(noise, lat["samples"], stock_sampler(f, []), sigmas, seed=5) for f in (True, False))
+    assert (flipped - plain_x0).abs().max().item() < 1e-4 * plain_x0.abs().max().item()
+    plain = ours(tiny, conds, "mpd", "batched", model=sym)
+    rotated = ours(tiny, conds, "mpd_gi", "batched", model=same)
+    diff = (plain - rotated).abs().max().item()
+    print(f"mpd_gi (W' = W, start == end, flip-symmetric model) vs mpd: max abs diff {diff:.3g}")
+    assert diff <= 1e-4 * plain.abs().max().item()
