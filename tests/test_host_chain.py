@@ -25,7 +25,7 @@ def settings(**kw):
 
 
 def model_for(tiny, mode):
-    return tiny.model_gi if mode in ("gi", "vibid_gi") else tiny.model
+    return tiny.model_gi if mode in ("gi", "vibid_gi", "mpd_gi") else tiny.model
 
 
 def chain(tiny, keys, model=None, **kw):
@@ -55,7 +55,7 @@ def fitted(key):
     return fit_image(key, 64, 64, "crop")[0]
 
 
-@pytest.mark.parametrize("mode", ["gi", "vibid"])
+@pytest.mark.parametrize("mode", ["gi", "vibid", "mpd", "mpd_trf"])
 def test_one_segment_equals_the_plain_sampler_and_ends_are_the_keyframes(tiny, mode):
     a, b = images(2)
     pixels, latent = chain(tiny, [a, b], mode=mode, cfg=2.0 if mode == "gi" else 1.0)
@@ -93,22 +93,27 @@ def test_loop_chain_frames_boundaries_coupling_determinism_and_no_leaks(tiny, mo
     assert torch.equal(ksampler(), before)
 
 
-def test_vibid_chain_pins_every_keyframe_the_last_half_step_pins(tiny):
-    """vibid's endpoint consistency over a chain: the last (backward) half-step pins the start keyframe of
-    every segment, so those latent frames are the keyframes' conditioning latents."""
+@pytest.mark.parametrize("mode", ["vibid_gi", "mpd"])
+def test_vibid_chain_pins_every_keyframe_the_last_half_step_pins(tiny, mode):
+    """vibid's (and mpd's) endpoint consistency over a chain: the last (backward) half-step pins the start
+    keyframe of every segment, so those latent frames are the CLEAN keyframes' latents (augmentation 0.02),
+    not the noise-augmented conditioning latents."""
+    from svd_inbetween.conditioning.keyframes import CLEAN_LATENT_KEY
     from svd_inbetween.nodes.conditioning import SVDInbetweenConditioning
     a, b, c = images(3, seed=2)
-    _, latent = chain(tiny, [a, b, c], frames="3,4", mode="vibid_gi", cfg=1.0)
+    _, latent = chain(tiny, [a, b, c], frames="3,4", mode=mode, cfg=1.0)
     assert latent.shape == (6, 4, 8, 8)
 
-    def concat_latents(x, y):  # the conditioning the chain makes for x and y at its seed
+    def key_latents(x, y, key):  # the conditioning the chain makes for x and y at its seed
         ps, _, pe, _, _ = SVDInbetweenConditioning.execute(tiny.clip_vision, tiny.vae, x, y, 64, 64, 3, 127, 7, 0.02,
                                                            "crop", SEED).args
-        return ps[0][1]["concat_latent_image"][0], pe[0][1]["concat_latent_image"][0]
-    lat_a, _ = concat_latents(a, b)
-    lat_b, lat_c = concat_latents(b, c)
+        return ps[0][1][key][0], pe[0][1][key][0]
+    lat_a, _ = key_latents(a, b, CLEAN_LATENT_KEY)
+    lat_b, lat_c = key_latents(b, c, CLEAN_LATENT_KEY)
+    noisy_a, _ = key_latents(a, b, "concat_latent_image")
     assert (latent[0] - lat_a).abs().max().item() < 1e-5
     assert (latent[2] - lat_b).abs().max().item() < 1e-5
+    assert (latent[0] - noisy_a).abs().max().item() > 1e-3
     assert (latent[5] - lat_c).abs().max().item() > 1e-3  # the last keyframe is pinned by forward halves only
 
 
