@@ -168,9 +168,11 @@ def inbetween_patches(unet):
 
 
 def trace_execution(unet, arch: str, execution: str, frames: int, height: int, width: int, dtype=torch.float16,
-                    rotate: frozenset[str] | None = None, piece_bytes: int | None = None, flops: bool = False) -> dict:
-    """One fused evaluation (CFG, both directions) laid out as `execution` lays it out, through the
-    pack's own patches (`inbetween_patches` must be active; `rotate`: its layers, default all).
+                    rotate: frozenset[str] | None = None, piece_bytes: int | None = None, flops: bool = False,
+                    present: tuple[int, ...] = (0, 1, 2, 3)) -> dict:
+    """One fused evaluation (CFG, both directions; `present`: the chunks, default all four) laid out as
+    `execution` lays it out, through the pack's own patches (`inbetween_patches` must be active;
+    `rotate`: its layers, default all).
     Returns {"peak": live-tensor bytes, "maps": map bytes held at most, "calls": UNet calls, "ops": aten ops},
     and with `flops` the matmul/convolution FLOPs of the evaluation (flash-style attention not counted)."""
     from ..attention_patch.chunking import low_memory
@@ -178,7 +180,7 @@ def trace_execution(unet, arch: str, execution: str, frames: int, height: int, w
     from ..attention_patch.run_state import RUN_KEY, InbetweenRun
     from ..samplers.execution import call_groups
 
-    present = [0, 1, 2, 3]
+    present = sorted(present)
     run = InbetweenRun(rotate_layers=frozenset(_temporal_paths(unet)) if rotate is None else rotate,
                        finetuned=True, active=frozenset(present))
     groups = call_groups(execution, present)

@@ -55,6 +55,12 @@ def add_parser(subparsers) -> None:
                         "lowvram) once at the given size (gi) and print the measured peak memory next to the "
                         "traced accounting; uses ComfyUI's PyTorch attention, as the trace assumes, and on a CPU "
                         "a fixed 128 KiB glibc mmap threshold so that RSS follows live memory")
+    p.add_argument("--schedules", action="store_true",
+                   help="instead of comparing schemes, the modes side by side as a user runs them (vibid, mpd, "
+                        "mpd_trf at 25 steps and cfg 1; gi at 50 steps, cfg 2, recurrence 5): UNet calls, videos and "
+                        "wall/CPU time of one clip at --arch/--width/--height/--frames (median of --repeats) with "
+                        "ratios against vibid, and (with --full-size-accounting) each mode's largest call in every "
+                        "execution at SVD-XT 1024x576x25 fp16 (meta device, ~1-2 min on a CPU)")
     p.add_argument("--default-malloc", action="store_true",
                    help="with --check-accounting: keep glibc's default (dynamic) mmap threshold")
     p.set_defaults(func=run)
@@ -80,6 +86,8 @@ def run(args) -> int:
         return 0
     if args.check_accounting:
         return check(args)
+    if args.schedules:
+        return schedules(args)
     import comfy.utils
 
     from ..bench.fullsize import accounting, format_accounting
@@ -139,3 +147,18 @@ def check(args) -> int:
         print(line)
     print(json.dumps(results))
     return 0 if all(r["agrees"] for r in results.values()) else 1
+
+
+def schedules(args) -> int:
+    import comfy.utils
+
+    from ..bench.runner import machine
+    from ..bench.schedules import format_schedules, schedule_costs, schedule_memory
+
+    comfy.utils.PROGRESS_BAR_ENABLED = False
+    costs = schedule_costs(args.arch, args.width, args.height, args.frames, max(args.repeats, 1), args.seed)
+    memory = schedule_memory() if args.full_size else None
+    size = f"{args.arch} SVD UNet, {args.width}x{args.height}x{args.frames}, median of {max(args.repeats, 1)}"
+    for line in format_schedules(costs, memory, machine(), size):
+        print(line)
+    return 0

@@ -6,12 +6,11 @@ import argparse
 import logging
 import os
 
-from ..attention_patch.modes import FUSED_MODES
+from ..attention_patch.modes import FUSED_MODES, MODES
 from .run import add_generation_args, add_server_args
 
 log = logging.getLogger(__name__)
 METRICS = ("psnr", "ssim", "lpips", "fid", "fvd")
-MODES = FUSED_MODES
 # per-variant overrides accepted in --mode MODE:key=value
 VARIANT_KEYS = {"seed": int, "steps": int, "cfg": float, "recurrence": int, "recurrence_ratio": float,
                 "forward_weight": float, "execution": str, "motion_bucket_id": int, "fps": int}
@@ -33,7 +32,8 @@ def add_parser(sub) -> None:
     p.add_argument("-o", "--output", required=True, help="output folder; run again with the same folder to resume")
     p.add_argument("--mode", action="append", metavar="MODE[:key=value,...]",
                    help=f"variant to evaluate, repeatable: one of {', '.join(MODES)}, optionally with settings, e.g. "
-                        "'gi:recurrence=0,cfg=2.5' (default: every mode the given weights allow)")
+                        "'gi:recurrence=0,cfg=2.5' or 'mpd:steps=25,cfg=1' (the vibid and mpd modes' settings) "
+                        f"(default: the fused modes the given weights allow, {', '.join(FUSED_MODES)})")
     add_generation_args(p, seed_help="the same seed for every pair and mode; recorded in clips.csv",
                         resize_help="how keyframes (and so the ground truth) are fitted to width x height")
     m = p.add_argument_group("metrics (weights are never downloaded: pass local files)")
@@ -73,7 +73,7 @@ def metric_names(args) -> set[str]:
 
 def variants(args):
     from ..evaluation.harness import parse_variant
-    specs = args.mode or (list(MODES) if args.backward else ["gi_no_finetune", "trf"])
+    specs = args.mode or (list(FUSED_MODES) if args.backward else ["gi_no_finetune", "trf"])
     try:
         out = [parse_variant(s, VARIANT_KEYS, MODES) for s in specs]
     except ValueError as e:

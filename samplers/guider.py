@@ -74,6 +74,30 @@ def direction_wrapper(frames: int, chunked: bool = False):
     return wrapper
 
 
+# The guider's cond of each chunk index (attention_patch/run_state.py lays them out).
+COND_NAMES = {BACKWARD_UNCOND: "negative_end", BACKWARD_COND: "positive_end", FORWARD_UNCOND: "negative",
+              FORWARD_COND: "positive"}
+
+
+def request_chunks(direction: str, rotating: bool, use_uncond: bool, cfg1: bool, requested: bool) -> tuple[int, ...]:
+    """The chunks (cond indices) the UNet runs for one prediction: `direction` is a request's, FUSED
+    for the fused prediction; use_uncond: the unconditional chunks run (cfg != 1 or CFG++ asks).
+
+    Forward chunks also run for a backward-only request when they must supply rotated maps. A fused
+    request's CFG++ follows the forward path's uncond, so at cfg 1 the backward uncond is skipped."""
+    want_forward, want_backward = direction != BACKWARD, direction in (BACKWARD, FUSED)
+    chunks = []
+    if want_backward:
+        chunks.append(BACKWARD_COND)
+        if use_uncond and not (requested and direction == FUSED and cfg1):
+            chunks.append(BACKWARD_UNCOND)
+    if want_forward or rotating:
+        chunks.append(FORWARD_COND)
+        if use_uncond:
+            chunks.append(FORWARD_UNCOND)
+    return tuple(sorted(chunks))
+
+
 class SVDInbetweenGuider(comfy.samplers.CFGGuider):
     """CFGGuider with four conds: forward (start frame) and backward (end frame) pairs.
 
@@ -165,11 +189,11 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
         if request is None and ("positive_end" not in self.conds or self.forward_weight == 1.0):
             return super().predict_noise(x, timestep, model_options, seed)
         direction = request.direction if request is not None else FUSED
-        want_forward = direction != BACKWARD
-        want_backward = direction in (BACKWARD, FUSED)
-        # A fused request's CFG++ follows the forward path's uncond: at cfg 1 the backward one is not needed.
-        backward_uncond = request is None or direction == BACKWARD or not math.isclose(self.cfg, 1.0)
-        out, conds = self._unet(x, timestep, model_options, want_forward, want_backward, backward_uncond)
+        want_forward, want_backward = direction != BACKWARD, direction in (BACKWARD, FUSED)
+        use_uncond = not (math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False))
+        chunks = request_chunks(direction, bool(self.layers), use_uncond, math.isclose(self.cfg, 1.0),
+                                request is not None)
+        out, conds = self._unet(x, timestep, model_options, chunks)
 
         frames = x.shape[0]
         flip = lambda t: flip_frames(t, frames)  # noqa: E731
@@ -198,19 +222,10 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
         request.uncond = uncond if has_uncond else None
         return result
 
-    def _unet(self, x, timestep, model_options, want_forward: bool, want_backward: bool, backward_uncond: bool = True):
-        """UNet outputs (forward time) for the conds one step needs, and those conds."""
+    def _unet(self, x, timestep, model_options, chunks: tuple[int, ...]):
+        """UNet outputs (forward time) for the conds of `chunks` (request_chunks), and those conds."""
         run = self._run
-        use_uncond = not (math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False))
-        # Forward chunks also run for a backward-only call when they must supply rotated maps.
-        run_forward = want_forward or bool(self.layers)
-        conds = [None] * 4
-        if want_backward:
-            conds[BACKWARD_COND] = self.conds["positive_end"]
-            conds[BACKWARD_UNCOND] = self.conds["negative_end"] if use_uncond and backward_uncond else None
-        if run_forward:
-            conds[FORWARD_COND] = self.conds["positive"]
-            conds[FORWARD_UNCOND] = self.conds["negative"] if use_uncond else None
+        conds = [self.conds[COND_NAMES[i]] if i in chunks else None for i in range(4)]
         run.active = frozenset(i for i, c in enumerate(conds) if c is not None)
 
         opts = comfy.model_patcher.create_model_options_clone(model_options)

@@ -255,3 +255,23 @@ def test_check_accounting_measures_what_the_tracer_predicts(tmp_path):
         assert r["agrees"] and abs(r["ratio"] - 1) <= 0.2, (e, r)
     assert data["lowvram"]["measured_bytes"] < data["sequential"]["measured_bytes"] < data["batched"]["measured_bytes"]
     assert [data[e]["unet_calls"] for e in ("batched", "sequential", "lowvram")] == [1, 2, 4]
+
+
+def test_schedules_count_calls_and_trace_every_modes_largest_call(tiny):
+    """`bench --schedules`: the UNet calls each mode makes per clip (as the samplers send them) and the
+    memory of its largest call per execution (tiny architecture on the meta device here)."""
+    from svd_inbetween.bench.schedules import chunk_sets, format_schedules, requests, schedule_memory
+    assert len(requests("vibid", 25)) == 50 and len(requests("mpd", 25)) == 65
+    assert len(requests("mpd_trf", 25)) == 97 and len(requests("gi", 50)) == 175
+    assert chunk_sets("mpd_trf", 1.0) == {(2, 3), (0, 1), (1, 2, 3)}  # fused at cfg 1: no backward uncond
+    assert chunk_sets("mpd_gi", 1.0) == {(2, 3), (0, 1, 2, 3)}  # its backward calls carry the forward chunks
+    assert chunk_sets("gi", 2.0) == {(0, 1, 2, 3)}
+    mem = schedule_memory("tiny", 64, 64, 5, torch.float32, modes=("vibid", "mpd_trf", "gi"))
+    for execution in ("sequential", "batched", "lowvram"):
+        # a vibid call holds two videos, mpd_trf's fused call three, gi's four with rotation: never more than gi
+        assert mem["vibid"][execution]["call_peak"] <= mem["mpd_trf"][execution]["call_peak"]
+        assert mem["mpd_trf"][execution]["call_peak"] <= mem["gi"][execution]["call_peak"]
+        assert mem["gi"][execution]["weights"] > mem["vibid"][execution]["weights"]  # W' held for gi
+    assert mem["mpd_trf"]["batched"]["call_peak"] > mem["vibid"]["batched"]["call_peak"]
+    lines = format_schedules({}, mem, "test", "tiny")
+    assert any(line.split()[0] == "mpd_trf" for line in lines[1:] if line.strip())

@@ -15,7 +15,7 @@ from api_cli import prompts_run, tiny_workflow
 pytestmark = pytest.mark.server
 
 PAIRS = ["clip.mp4@0-4", "frames@0-4"]
-VARIANTS = ["gi", "gi_no_finetune:cfg=1.5,seed=5"]
+VARIANTS = ["gi", "mpd:cfg=1.5,seed=5"]  # a fused mode and an MPD one
 
 
 def ground_truth(gt: str) -> None:
@@ -102,7 +102,7 @@ def test_eval_plumbing_generates_each_pair_and_variant_once(result):
     for r in rows:
         assert (r["frames"], r["width"], r["height"]) == ("5", "64", "64")
         assert r["seed"] == ("11" if r["variant"] == "gi" else "5")
-        assert "cfg=1.5" in r["settings"] if r["mode"] == "gi_no_finetune" else "cfg=2.0" in r["settings"]
+        assert "cfg=1.5" in r["settings"] if r["mode"] == "mpd" else "cfg=2.0" in r["settings"]
         assert "steps=1" in r["settings"] and "recurrence=0" in r["settings"]
         assert 0 < float(r["psnr"]) < 60 and -1 <= float(r["ssim"]) <= 1  # random models: anything but a copy
         assert len(r["lpips_frames"].split()) == 5 and float(r["lpips"]) > 0
