@@ -10,7 +10,7 @@ COMFYUI_PATH = os.path.expanduser(os.environ.get("COMFYUI_PATH", "~/ComfyUI"))
 # The pack's node IDs (public: workflows store them).
 NODE_IDS = frozenset({"SVDInbetweenConditioning", "SVDInbetweenLoadBackwardWeights", "SVDInbetweenSampler",
                       "SVDInbetweenGuider", "SVDInbetweenRecurrentEuler", "SVDInbetweenViBiDSampler",
-                      "SVDInbetweenChain"})
+                      "SVDInbetweenMPDSampler", "SVDInbetweenChain"})
 
 
 def comfyui_available() -> bool:

@@ -212,7 +212,7 @@ def test_every_input_shows_its_tooltip_on_hover(ui):
                 tip.wait_for(state="visible", timeout=5_000)
                 assert tip.inner_text().strip() == want.strip(), f"{node_id}.{name}"
                 read += 1
-    assert read >= 60  # 7 pack nodes, 70+ inputs
+    assert read >= 60  # 8 pack nodes, 75+ inputs
     page.mouse.move(5, 5)
     bui.blank_graph(page)
 
