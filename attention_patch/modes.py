@@ -71,8 +71,8 @@ MODE_TABLE: dict[str, Mode] = {m.name: m for m in (
          "the best training-free motion (Motion Prior Distillation on ViBiD, ICLR 2026; about 1.3x vibid's "
          "work); needs no extra file; use about 25 steps and cfg 1.0"),
     Mode("mpd_trf", "none", False, "mpd_trf",
-         "Motion Prior Distillation on TRF: the sharpest frames of the training-free modes (about 2.8x vibid's "
-         "work); needs no extra file; use about 25 steps and cfg 1.0"),
+         "Motion Prior Distillation on TRF: the best frame quality (FID) of the training-free modes (about 2.8x "
+         "vibid's work); needs no extra file; use about 25 steps and cfg 1.0"),
     Mode("mpd_gi", "all", True, "mpd",
          "mpd with the backward-motion model in its backward steps; needs the backward weights; "
          "use about 25 steps and cfg 1.0"),
