@@ -320,3 +320,16 @@ def test_mpd_gi_uses_the_backward_model_and_is_mpd_in_the_degenerate_case(tiny):
     diff = (plain - rotated).abs().max().item()
     print(f"mpd_gi (W' = W, start == end, flip-symmetric model) vs mpd: max abs diff {diff:.3g}")
     assert diff <= 1e-4 * plain.abs().max().item()
+
+
+def test_mpd_without_distillation_is_vibid(tiny, aug_conds):
+    """mpd_distill_fraction 0: every step is ViBiD's, on the same noise stream: bit for bit the vibid mode."""
+    from fixtures_host import sample_custom_advanced
+    from svd_inbetween.nodes.sampler import SVDInbetweenGuider, SVDInbetweenMPDSampler, SVDInbetweenViBiDSampler
+    ps, ns, pe, ne, lat = aug_conds
+    results = []
+    for mode, sampler in (("mpd", SVDInbetweenMPDSampler.execute(mpd_distill_fraction=0.0).args[0]),
+                          ("vibid", SVDInbetweenViBiDSampler.execute().args[0])):
+        guider = SVDInbetweenGuider.execute(tiny.model, ps, ns, pe, ne, 1.0, mode, 0.5, "batched").args[0]
+        results.append(sample_custom_advanced(tiny.model, guider, sampler, lat, seed=SEED, steps=3))
+    assert torch.equal(*results)
