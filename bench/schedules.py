@@ -25,8 +25,12 @@ from .measure import Stopwatch, UnetCounter
 from .models import random_backward_weights, random_conds, svd_base_model, svd_patcher
 
 NODE = "svd-inbetween bench"
-# mode -> (steps, cfg): each mode as a user runs it (the paper's gi; 25 steps and cfg 1 for the others).
-SCHEDULE_RUNS = {"vibid": (25, 1.0), "mpd": (25, 1.0), "mpd_trf": (25, 1.0), "gi": (50, 2.0)}
+# mode -> (steps, cfg): each mode as a user runs it (the paper's 50 steps and cfg 2 for the fused modes; 25
+# steps and cfg 1 for the others).
+SCHEDULE_RUNS = {"vibid": (25, 1.0), "mpd": (25, 1.0), "mpd_trf": (25, 1.0), "gi": (50, 2.0),
+                 "vibid_gi": (25, 1.0), "mpd_gi": (25, 1.0), "gi_no_finetune": (50, 2.0), "trf": (50, 2.0)}
+# What `bench --schedules` runs by default: the training-free samplers against the paper's method.
+COST_MODES = ("vibid", "mpd", "mpd_trf", "gi")
 # An 8 GB card leaves about this much to ComfyUI (bench/workflow.py's card table).
 CARD_8GB_GIB = 7.0
 
@@ -64,7 +68,7 @@ class Cost:
 
 
 def schedule_costs(arch: str = "tiny", width: int = 64, height: int = 64, frames: int = 5, repeats: int = 1,
-                   seed: int = 0, modes: tuple[str, ...] = tuple(SCHEDULE_RUNS)) -> dict[str, Cost]:
+                   seed: int = 0, modes: tuple[str, ...] = COST_MODES) -> dict[str, Cost]:
     """One clip per mode (median of `repeats`), batched execution, random conds and backward weights."""
     import comfy.model_management
 

@@ -60,7 +60,7 @@ def add_parser(subparsers) -> None:
                         "mpd_trf at 25 steps and cfg 1; gi at 50 steps, cfg 2, recurrence 5): UNet calls, videos and "
                         "wall/CPU time of one clip at --arch/--width/--height/--frames (median of --repeats) with "
                         "ratios against vibid, and (with --full-size-accounting) each mode's largest call in every "
-                        "execution at SVD-XT 1024x576x25 fp16 (meta device, ~1-2 min on a CPU)")
+                        "execution at SVD-XT 1024x576x25 fp16 for every mode (meta device, ~2-3 min on a CPU)")
     p.add_argument("--default-malloc", action="store_true",
                    help="with --check-accounting: keep glibc's default (dynamic) mmap threshold")
     p.set_defaults(func=run)
@@ -153,11 +153,11 @@ def schedules(args) -> int:
     import comfy.utils
 
     from ..bench.runner import machine
-    from ..bench.schedules import format_schedules, schedule_costs, schedule_memory
+    from ..bench.schedules import SCHEDULE_RUNS, format_schedules, schedule_costs, schedule_memory
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
     costs = schedule_costs(args.arch, args.width, args.height, args.frames, max(args.repeats, 1), args.seed)
-    memory = schedule_memory() if args.full_size else None
+    memory = schedule_memory(modes=tuple(SCHEDULE_RUNS)) if args.full_size else None
     size = f"{args.arch} SVD UNet, {args.width}x{args.height}x{args.frames}, median of {max(args.repeats, 1)}"
     for line in format_schedules(costs, memory, machine(), size):
         print(line)
