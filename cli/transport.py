@@ -141,6 +141,9 @@ def server_address(spec: str, options: TransportOptions, where: str = "--server"
         auth = (unquote(parts.username), unquote(parts.password or ""))
         secrets += [parts.netloc.rsplit("@", 1)[0], *auth]
     headers = _headers(options, where)
+    if auth and any(h.lower() == "authorization" for h in headers):
+        raise TransportError(f"{where}: {base} has user:password in its URL and an Authorization header; "
+                             "give one of them (a servers file line can carry its own --header)")
     for value in headers.values():
         secrets += [value, *value.split()[1:]]  # "Bearer TOKEN": the token alone, too
     ctx = tls_context(options, where) if parts.scheme == "https" else True
