@@ -16,6 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -88,7 +89,7 @@ class ComfyClient:
     async def _request(self, method: str, path: str, **kw) -> aiohttp.ClientResponse:
         await self.open()
         try:
-            r = await self.session.request(method, self.url + path,
+            r = await self.session.request(method, self.url + path, allow_redirects=False,
                                            timeout=aiohttp.ClientTimeout(total=self.request_timeout), **kw)
         except aiohttp.ClientConnectorCertificateError as e:
             raise self._untrusted(e) from None
@@ -97,6 +98,13 @@ class ComfyClient:
         if r.status in (401, 403):
             r.release()
             raise self._denied(f"{method} {path}", r.status)
+        if 300 <= r.status < 400:
+            r.release()
+            where = urlsplit(r.headers.get("Location", ""))
+            target = f"{where.scheme}://{where.hostname}:{where.port}" if where.hostname else "?"
+            # not followed: credentials go only to the server the user named
+            raise AccessDenied(self.redact(f"{self.url}: {method} {path} answered a redirect (HTTP {r.status}) to "
+                                           f"{target}; give the URL it redirects to as the server"))
         return r
 
     def _untrusted(self, e: Exception) -> AccessDenied:

@@ -13,7 +13,8 @@ import time
 
 from server_harness import free_port
 
-HOSTILE_MODES = ("foreign", "dotdot", "absolute", "huge", "invalid_json", "object_info", "ws_garbage")
+HOSTILE_MODES = ("foreign", "dotdot", "absolute", "huge", "invalid_json", "object_info", "ws_garbage", "deny_prompt",
+                 "redirect")
 
 
 def make_certs(folder: str) -> dict[str, str]:
@@ -114,7 +115,7 @@ class Nginx:
 class HostileProxy:
     """Forwards HTTP and the websocket to a real server and, per `mode` (HOSTILE_MODES), rewrites answers:
     outputs of unknown/`..` node ids, `..` or absolute file names, a huge /view, invalid /history JSON, a
-    list for /object_info, garbage websocket messages."""
+    list for /object_info, garbage websocket messages, 403 for POST /prompt, a redirect elsewhere."""
 
     def __init__(self, upstream: str, cafile: str | None = None):
         import ssl
@@ -156,6 +157,10 @@ class HostileProxy:
             return resp
         if self.mode == "object_info" and request.path == "/object_info":
             return web.Response(body=b"[1, 2, 3]", content_type="application/json")
+        if self.mode == "deny_prompt" and request.path == "/prompt" and request.method == "POST":
+            return web.Response(status=403, text="forbidden")  # e.g. a token that expired mid-batch
+        if self.mode == "redirect" and request.path == "/system_stats":
+            raise web.HTTPFound("http://elsewhere.invalid:9/system_stats")
         body = await request.read()
         headers = {k: v for k, v in request.headers.items() if k.lower() == "content-type"}
         async with aiohttp.ClientSession() as s:

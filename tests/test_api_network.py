@@ -52,7 +52,7 @@ def nginx(net) -> Nginx:
     return net["nginx"]
 
 
-def one_pair(net, tmp_path, *flags: str, env: dict | None = None):
+def one_pair(net, tmp_path, *flags: str, env: dict | None = None, progress: bool = False):
     """Run one tiny pair into tmp_path/out; check what every run must: no secret printed or written, no
     traceback, no file outside the output folder, no partial file."""
     a, b = keyframes(str(tmp_path / "keys"), 2)
@@ -63,7 +63,7 @@ def one_pair(net, tmp_path, *flags: str, env: dict | None = None):
     os.environ.update(env or {})
     try:
         proc = cli("run", "--start", a, "--end", b, "-o", out / "x.mp4", "--workflow", net["workflow"],
-                   *TINY_FLAGS, *flags)
+                   *(f for f in TINY_FLAGS if progress is False or f != "--no-progress"), *flags)
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
@@ -123,14 +123,19 @@ def test_eval_over_https_with_ca_cert(net, tmp_path):
 def test_basic_auth_and_bearer_token_through_nginx(net, tmp_path):
     proxy = nginx(net)
     host = f"127.0.0.1:{proxy.basic}"
-    proc, out = one_pair(net, tmp_path, "--server", f"http://{USER}:{net['password']}@{host}")
+    url = f"http://{USER}:{net['password']}@{host}"
+    proc, out = one_pair(net, tmp_path, "--server", url, progress=True)
     assert proc.returncode == 0, failure(proc)
+    assert "clips: 100%" in proc.stderr, proc.stderr  # the progress bar ran (and showed no password)
     assert last_status(manifest(out))["x.mp4"]["server"] == f"http://{host}"
     table = proc.stdout.splitlines()
     assert table[0].split()[:3] == ["server", "version", "state"] and table[1].startswith(f"http://{host} ")
     print("\nservers table of an authenticated run:\n" + "\n".join(table[:2]))
     # the websocket went through the proxy with the credentials too
     assert any('"GET /ws?clientId=' in line and '" 101 ' in line for line in proxy.access_log("basic"))
+    check = cli("serve-check", url, "--workflow", net["workflow"])
+    assert check.returncode == 0 and check.stdout.splitlines()[1].startswith(f"http://{host} "), failure(check)
+    assert net["password"] not in check.stdout + check.stderr
 
     # a wrong password: that server is refused once and not asked again; the bearer server does the pair
     os.remove(os.path.join(out, "x.mp4"))
@@ -170,6 +175,8 @@ def test_wrong_bearer_token_from_a_file_fails_once(net, tmp_path):
     ("huge", "larger than --max-download-mb 0.5 MiB"),
     ("invalid_json", "answered invalid JSON"),
     ("object_info", "answered a JSON list"),
+    ("deny_prompt", "POST /prompt answered HTTP 403"),
+    ("redirect", "answered a redirect (HTTP 302) to http://elsewhere.invalid:9"),
 ])
 def test_hostile_answers_fail_the_clip_not_the_batch(net, tmp_path, mode, expect):
     """The hostile proxy is listed first, so the pair is tried there first; the real server (direct, https)
@@ -193,8 +200,14 @@ def test_hostile_answers_fail_the_clip_not_the_batch(net, tmp_path, mode, expect
         assert "names outputs of 3 node(s) the prompt does not have; ignored" in proc.stderr
     elif mode == "ws_garbage":
         assert "the websocket sent a message that is not ComfyUI's; ignored" in proc.stderr
-    elif mode == "object_info":
-        assert f"server {hostile.url} cannot be used: {hostile.url}: GET /object_info {expect}" in proc.stderr
+    elif mode in ("object_info", "redirect"):
+        assert f"server {hostile.url} cannot be used: {hostile.url}: " in proc.stderr and expect in proc.stderr
+        assert last["server"] == server.url
+        assert f"server {hostile.url} was not used" in proc.stdout
+    elif mode == "deny_prompt":  # refused mid-batch: reported once, the pair goes to the other server
+        assert proc.stderr.count(expect) == 2, proc.stderr  # the exclusion, and the pair's re-queue line
+        assert f"server {hostile.url} cannot be used" in proc.stderr
+        assert [r["server"] for r in records if r["status"] == "requeued"] == [hostile.url]
         assert last["server"] == server.url
     else:
         requeued = [r for r in records if r["status"] == "requeued"]
