@@ -115,7 +115,7 @@ class ServerSlot:
         while not finished.is_set() and self.state != "excluded":
             if self.state == "alive":
                 await _first(self.client.ws_lost.wait(), finished.wait())
-                if finished.is_set():
+                if finished.is_set() or self.state == "excluded":  # excluded meanwhile (a 401/403): stays out
                     return
                 if not await self._reconnect():
                     self.mark_dead("websocket closed and the server does not answer")
