@@ -64,7 +64,7 @@ def format_node_error(data: dict) -> str:
             f"{data.get('exception_type', 'an exception')}: {str(data.get('exception_message', '')).strip()}")
 
 
-def output_files(entry: dict, node_ids: set[str] | None = None) -> list[tuple[str, dict]]:
+def output_files(entry: dict, node_ids: set[str] | None = None, source: str = "the server") -> list[tuple[str, dict]]:
     """(node id, {"filename", "subfolder", "type"}) of every saved file in a history entry's outputs,
     whatever the UI key (images, gifs, videos, latents, audio ...); temp previews are left out. With
     `node_ids` (the submitted prompt's), outputs of any other node are left out: the server does not
@@ -75,8 +75,8 @@ def output_files(entry: dict, node_ids: set[str] | None = None) -> list[tuple[st
         raise BadAnswer(f"the history entry's 'outputs' is a {type(outputs).__name__}, not an object")
     foreign = [n for n in outputs if node_ids is not None and n not in node_ids]
     if foreign:
-        log.warning("the server's history names outputs of %d node(s) the prompt does not have; ignored",
-                    len(foreign))
+        log.warning("%s: the history names outputs of %d node(s) the prompt does not have; ignored",
+                    source, len(foreign))
     for node_id, out in outputs.items():
         if node_id in foreign or not isinstance(out, dict):
             continue

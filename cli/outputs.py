@@ -24,7 +24,7 @@ async def save_outputs(client: ComfyClient, job: Job, entry: dict) -> list[str]:
     """Download the outputs of the prompt's own nodes. Every name is built from the job's output name, the
     node id of our prompt and an extension checked to be plain; nothing is renamed into place until every
     file has arrived, so a refused or broken download leaves no file."""
-    items = output_files(entry, set(job.prompt))
+    items = output_files(entry, set(job.prompt), client.url)
     if not items:
         raise NodeFailed("the prompt ran but saved no file (the workflow needs a SaveVideo, SaveImage, ... node)")
     ext = os.path.splitext(job.output)[1].lower()

@@ -150,6 +150,7 @@ def test_basic_auth_and_bearer_token_through_nginx(net, tmp_path):
     assert f"server http://{host} cannot be used: http://{host}: GET /system_stats answered HTTP 401" in proc.stderr
     assert sum('" 401 ' in line for line in proxy.access_log("basic")) == refused_before + 1
     assert f"server http://{host} was not used" in proc.stdout
+    print("\nservers table with a refused password and a bearer token:\n" + proc.stdout)
     assert last_status(manifest(out))["x.mp4"]["server"] == proxy.bearer_url
     assert any('"GET /ws?clientId=' in line and '" 101 ' in line for line in proxy.access_log("bearer"))
 
@@ -197,7 +198,7 @@ def test_hostile_answers_fail_the_clip_not_the_batch(net, tmp_path, mode, expect
     last = last_status(records)["x.mp4"]
     assert last["status"] == "done"
     if mode == "foreign":
-        assert "names outputs of 3 node(s) the prompt does not have; ignored" in proc.stderr
+        assert f"{hostile.url}: the history names outputs of 3 node(s) the prompt does not have; ignored" in proc.stderr
     elif mode == "ws_garbage":
         assert "the websocket sent a message that is not ComfyUI's; ignored" in proc.stderr
     elif mode in ("object_info", "redirect"):
