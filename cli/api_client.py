@@ -16,55 +16,17 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import aiohttp
 
+from .answers import (TERMINAL, AccessDenied, BadAnswer, NodeFailed, PromptInterrupted,  # noqa: F401 (re-exported)
+                      PromptRejected, ServerLost, execution_seconds, format_node_error, format_rejection,
+                      history_error, output_files)
+from .transport import DEFAULT_MAX_DOWNLOAD_MB, ServerAddress, TransportOptions, server_address
+
 log = logging.getLogger(__name__)
 UPLOAD_SUBFOLDER = "svd_inbetween"
-TERMINAL = ("execution_success", "execution_error", "execution_interrupted")
-
-
-class ServerLost(ConnectionError):
-    """The server cannot be reached, dropped the websocket for good, or lost the prompt."""
-
-
-class PromptRejected(ValueError):
-    """POST /prompt answered 400: the prompt failed validation (not worth retrying)."""
-
-
-class NodeFailed(RuntimeError):
-    """A node raised while the prompt ran (execution_error; not worth retrying)."""
-
-
-class PromptInterrupted(RuntimeError):
-    """The prompt ended as interrupted (someone, maybe us, called /interrupt)."""
-
-
-def format_rejection(body: Any) -> str:
-    """ComfyUI's /prompt error body ({"error": {...} or str, "node_errors": {...}}) as one line."""
-    if not isinstance(body, dict):
-        return str(body)
-    err = body.get("error")
-    parts = []
-    if isinstance(err, dict):
-        text = err.get("message") or err.get("type") or ""
-        if err.get("details") and err.get("details") != text:
-            text += f": {err['details']}"
-        parts.append(text)
-    elif err:
-        parts.append(str(err))
-    for node_id, info in (body.get("node_errors") or {}).items():
-        for e in info.get("errors", []):
-            detail = e.get("details") or ""
-            parts.append(f"node {node_id} ({info.get('class_type', '?')}): {e.get('message', '')}"
-                         + (f": {detail}" if detail else ""))
-    return "; ".join(p for p in parts if p) or json.dumps(body)[:500]
-
-
-def format_node_error(data: dict) -> str:
-    """An execution_error message as ComfyUI reported it."""
-    return (f"node {data.get('node_id', '?')} ({data.get('node_type', '?')}) raised "
-            f"{data.get('exception_type', 'an exception')}: {str(data.get('exception_message', '')).strip()}")
 
 
 @dataclass
@@ -78,44 +40,15 @@ class Watch:
     events: list[str] = field(default_factory=list)
 
 
-def output_files(entry: dict) -> list[tuple[str, dict]]:
-    """(node id, {"filename", "subfolder", "type"}) of every saved file in a history entry's outputs,
-    whatever the UI key (images, gifs, videos, latents, audio ...); temp previews are left out."""
-    files = []
-    for node_id, out in (entry.get("outputs") or {}).items():
-        for value in out.values():
-            for item in value if isinstance(value, list) else []:
-                if isinstance(item, dict) and item.get("filename") and item.get("type", "output") == "output":
-                    files.append((node_id, item))
-    return files
-
-
-def history_error(entry: dict) -> tuple[str, dict] | None:
-    """('execution_error' | 'execution_interrupted', data) for a history entry that did not succeed."""
-    status = entry.get("status") or {}
-    if status.get("status_str") == "success":
-        return None
-    for event, data in reversed(status.get("messages") or []):
-        if event in ("execution_error", "execution_interrupted"):
-            return event, data
-    return "execution_error", {"exception_message": "the prompt ended with status "
-                               f"{status.get('status_str')!r} and no error message"}
-
-
-def execution_seconds(entry: dict) -> float | None:
-    """Seconds from execution_start to the terminal message, by the server's own timestamps."""
-    stamps = {ev: d.get("timestamp") for ev, d in (entry.get("status") or {}).get("messages") or []
-              if isinstance(d, dict)}
-    start = stamps.get("execution_start")
-    end = next((stamps[e] for e in TERMINAL if stamps.get(e)), None)
-    return (end - start) / 1000 if start and end else None
-
-
 class ComfyClient:
     """HTTP calls and one websocket (its own client_id) to one server. Use inside a running event loop."""
 
-    def __init__(self, url: str, request_timeout: float = 60, on_event: Callable[[str, dict], None] | None = None):
-        self.url = url.rstrip("/")
+    def __init__(self, address: ServerAddress | str, request_timeout: float = 60,
+                 on_event: Callable[[str, dict], None] | None = None,
+                 max_download_mb: float = DEFAULT_MAX_DOWNLOAD_MB):
+        self.address = address if isinstance(address, ServerAddress) else server_address(address, TransportOptions())
+        self.url = self.address.url  # never holds credentials: they go in `auth` and headers
+        self.max_download = int(max_download_mb * 2**20)
         self.client_id = uuid.uuid4().hex
         self.request_timeout = request_timeout
         self.on_event = on_event
@@ -127,10 +60,15 @@ class ComfyClient:
         self.connections = 0  # websocket connections made (reconnects included)
         self.ws_connected = asyncio.Event()
         self.ws_lost = asyncio.Event()
+        self.malformed_messages = 0
 
     async def open(self) -> None:
         if self.session is None:
-            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+            a = self.address
+            self.session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+                connector=aiohttp.TCPConnector(ssl=a.ssl), headers=a.headers,
+                auth=aiohttp.BasicAuth(*a.auth) if a.auth else None)
 
     async def close(self) -> None:
         await self.stop_listening()
@@ -139,22 +77,56 @@ class ComfyClient:
             self.session = None
 
     # ------------------------------------------------------------------ HTTP
+    def redact(self, text: str) -> str:
+        return self.address.redact(text)
+
+    def _denied(self, what: str, status: int) -> AccessDenied:
+        creds = "the user:password in the URL" if self.address.auth else "no user:password in the URL"
+        heads = f"headers {', '.join(self.address.headers)}" if self.address.headers else "no --header"
+        return AccessDenied(f"{self.url}: {what} answered HTTP {status}: the server (or its proxy) refused the "
+                            f"credentials ({creds}, {heads}); fix them, this server is not retried")
+
     async def _request(self, method: str, path: str, **kw) -> aiohttp.ClientResponse:
         await self.open()
         try:
-            return await self.session.request(method, self.url + path,
-                                              timeout=aiohttp.ClientTimeout(total=self.request_timeout), **kw)
+            r = await self.session.request(method, self.url + path, allow_redirects=False,
+                                           timeout=aiohttp.ClientTimeout(total=self.request_timeout), **kw)
+        except aiohttp.ClientConnectorCertificateError as e:
+            raise self._untrusted(e) from None
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            raise ServerLost(f"{self.url}: {method} {path} failed: {type(e).__name__}: {e}") from e
+            raise ServerLost(self.redact(f"{self.url}: {method} {path} failed: {type(e).__name__}: {e}")) from None
+        if r.status in (401, 403):
+            r.release()
+            raise self._denied(f"{method} {path}", r.status)
+        if 300 <= r.status < 400:
+            r.release()
+            where = urlsplit(r.headers.get("Location", ""))
+            target = f"{where.scheme}://{where.hostname}:{where.port}" if where.hostname else "?"
+            # not followed: credentials go only to the server the user named
+            raise AccessDenied(self.redact(f"{self.url}: {method} {path} answered a redirect (HTTP {r.status}) to "
+                                           f"{target}; give the URL it redirects to as the server"))
+        return r
 
-    async def get_json(self, path: str) -> Any:
+    def _untrusted(self, e: Exception) -> AccessDenied:
+        how = f"the CA in --ca-cert {self.address.ca_cert}" if self.address.ca_cert else "the system trust store"
+        return AccessDenied(self.redact(
+            f"{self.url}: TLS certificate not trusted by {how} ({getattr(e, 'certificate_error', e)}); pass "
+            "--ca-cert FILE with the PEM of the CA (or self-signed certificate) the server uses"))
+
+    async def get_json(self, path: str, kind: type = dict) -> Any:
         async with await self._request("GET", path) as r:
             if r.status != 200:
                 raise ServerLost(f"{self.url}: GET {path} answered HTTP {r.status}")
             try:
-                return await r.json(content_type=None)
-            except (aiohttp.ClientError, ValueError, asyncio.TimeoutError) as e:
-                raise ServerLost(f"{self.url}: GET {path}: {e}") from e
+                body = await r.json(content_type=None)
+            except ValueError as e:
+                raise BadAnswer(f"{self.url}: GET {path} answered invalid JSON ({type(e).__name__})") from None
+            except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+                raise ServerLost(self.redact(f"{self.url}: GET {path}: {type(e).__name__}: {e}")) from None
+        if not isinstance(body, kind):
+            raise BadAnswer(f"{self.url}: GET {path} answered a JSON {type(body).__name__}, "
+                            f"not the {kind.__name__} ComfyUI sends")
+        return body
 
     async def system_stats(self) -> dict:
         return await self.get_json("/system_stats")
@@ -175,6 +147,9 @@ class ComfyClient:
     async def history(self, prompt_id: str) -> dict | None:
         """The finished history entry of a prompt, or None while it is queued or running."""
         entry = (await self.get_json(f"/history/{prompt_id}")).get(prompt_id)
+        if entry is not None and (not isinstance(entry, dict) or not isinstance(entry.get("status") or {}, dict)):
+            raise BadAnswer(f"{self.url}: /history/{prompt_id} is not a history entry (an object with a 'status' "
+                            "object)")
         if entry and (entry.get("status") or {}).get("status_str") in ("success", "error"):
             return entry
         return None
@@ -189,8 +164,14 @@ class ComfyClient:
         form.add_field("overwrite", "true")
         async with await self._request("POST", "/upload/image", data=form) as r:
             if r.status != 200:
-                raise ServerLost(f"{self.url}: /upload/image answered HTTP {r.status}: {(await r.text())[:300]}")
-            body = await r.json(content_type=None)
+                raise ServerLost(self.redact(f"{self.url}: /upload/image answered HTTP {r.status}: "
+                                             f"{(await r.text())[:300]}"))
+            try:
+                body = await r.json(content_type=None)
+            except ValueError:
+                body = None
+        if not isinstance(body, dict) or not isinstance(body.get("name"), str):
+            raise BadAnswer(f"{self.url}: /upload/image did not answer an object with the stored 'name'")
         return f"{body.get('subfolder') or UPLOAD_SUBFOLDER}/{body['name']}"
 
     async def queue_prompt(self, prompt: dict, prompt_id: str) -> None:
@@ -205,20 +186,31 @@ class ComfyClient:
             except ValueError:
                 body = text
             if r.status == 400:
-                raise PromptRejected(format_rejection(body))
-            raise ServerLost(f"{self.url}: /prompt answered HTTP {r.status}: {str(body)[:300]}")
+                try:
+                    raise PromptRejected(self.redact(format_rejection(body)))
+                except (AttributeError, TypeError):  # not the shape ComfyUI sends
+                    raise PromptRejected(self.redact(str(body)[:500])) from None
+            raise ServerLost(self.redact(f"{self.url}: /prompt answered HTTP {r.status}: {str(body)[:300]}"))
 
     async def download(self, item: dict, dest: str) -> int:
-        """Stream an output file from /view into `dest` (a temporary path; the caller renames it)."""
+        """Stream an output file from /view into `dest` (a temporary path; the caller renames it or removes it),
+        at most `max_download` bytes."""
         params = {"filename": item["filename"], "subfolder": item.get("subfolder", ""), "type": item.get("type", "output")}
         size = 0
+        cap = self.max_download
+        too_big = BadAnswer(f"{self.url}: output {item['filename'][:80]!r} is larger than --max-download-mb "
+                            f"{cap / 2**20:g} MiB; refused (raise --max-download-mb if such files are expected)")
         async with await self._request("GET", "/view", params=params) as r:
             if r.status != 200:
                 raise ServerLost(f"{self.url}: /view {params} answered HTTP {r.status}")
+            if (r.content_length or 0) > cap:
+                raise too_big
             with open(dest, "wb") as f:
                 async for chunk in r.content.iter_chunked(1 << 20):
-                    f.write(chunk)
                     size += len(chunk)
+                    if size > cap:
+                        raise too_big
+                    f.write(chunk)
                 f.flush()
                 os.fsync(f.fileno())
         return size
@@ -265,8 +257,14 @@ class ComfyClient:
         try:
             ws = await self.session.ws_connect(ws_url, heartbeat=10, timeout=aiohttp.ClientWSTimeout(ws_close=5)
                                                if hasattr(aiohttp, "ClientWSTimeout") else 5)
+        except aiohttp.WSServerHandshakeError as e:
+            if e.status in (401, 403):
+                raise self._denied("the websocket /ws", e.status) from None
+            raise ServerLost(self.redact(f"{self.url}: websocket: HTTP {e.status}: {e.message}")) from None
+        except aiohttp.ClientConnectorCertificateError as e:
+            raise self._untrusted(e) from None
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as e:
-            raise ServerLost(f"{self.url}: websocket: {type(e).__name__}: {e}") from e
+            raise ServerLost(self.redact(f"{self.url}: websocket: {type(e).__name__}: {e}")) from None
         self.ws_lost.clear()
         self.ws_connected.set()
         self.connections += 1
@@ -289,8 +287,16 @@ class ComfyClient:
                     try:
                         data = json.loads(msg.data)
                     except ValueError:
+                        data = None
+                    # the websocket only hastens the end of a wait; /history decides, so a bad message is dropped
+                    if not isinstance(data, dict) or not isinstance(data.get("type", ""), str) \
+                            or not isinstance(data.get("data") or {}, dict):
+                        self._malformed()
                         continue
-                    self._dispatch(data.get("type", ""), data.get("data") or {})
+                    try:
+                        self._dispatch(data.get("type", ""), data.get("data") or {})
+                    except (TypeError, ValueError, AttributeError):
+                        self._malformed()
                 elif msg.type in (aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSED):
                     break
                 # binary messages are previews: not needed
@@ -300,6 +306,12 @@ class ComfyClient:
             await ws.close()
             self.ws_connected.clear()
             self.ws_lost.set()
+
+    def _malformed(self) -> None:
+        self.malformed_messages += 1
+        if self.malformed_messages == 1:
+            log.warning("%s: the websocket sent a message that is not ComfyUI's; ignored (the history decides)",
+                        self.url)
 
     def _dispatch(self, kind: str, data: dict) -> None:
         if kind == "status":

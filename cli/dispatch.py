@@ -11,16 +11,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import os
 import signal
 import time
 import uuid
 from dataclasses import dataclass, field
 
-from .api_client import (TERMINAL, NodeFailed, PromptInterrupted, PromptRejected, ServerLost, Watch,
-                         execution_seconds, format_node_error, history_error, output_files)
-from .manifest import Manifest, replace_atomically, temporary_path
+from .api_client import (TERMINAL, AccessDenied, NodeFailed, PromptInterrupted, PromptRejected, ServerLost, Watch,
+                         execution_seconds, format_node_error, history_error)
+from .manifest import Manifest
+from .outputs import save_outputs
 from .servers import ServerSlot
+from .transport import DEFAULT_MAX_DOWNLOAD_MB, ServerAddress
 
 log = logging.getLogger(__name__)
 HISTORY_WAIT = 10.0  # s for the history entry to appear after the terminal websocket message
@@ -64,14 +65,18 @@ class Settings:
     server_wait: float = 300.0
     poll: float = 5.0
     progress: bool = True
+    max_download_mb: float = DEFAULT_MAX_DOWNLOAD_MB
 
 
 class Dispatcher:
-    def __init__(self, urls: list[str], manifest: Manifest, settings: Settings, skip_nodes: tuple[str, ...] = ()):
+    def __init__(self, urls: list[ServerAddress | str], manifest: Manifest, settings: Settings,
+                 skip_nodes: tuple[str, ...] = ()):
         self.manifest = manifest
         self.settings = settings
         self.skip_nodes = skip_nodes
-        self.servers = [ServerSlot(u, settings.per_server, on_event=self._on_event) for u in dict.fromkeys(urls)]
+        self.servers: list[ServerSlot] = []
+        for url in urls:
+            self.add_server(url)
         self.stopping = False
         self.posts = 0
         self.bar = None
@@ -79,8 +84,11 @@ class Dispatcher:
         self._running: dict[asyncio.Task, tuple[Job, ServerSlot]] = {}
 
     # ------------------------------------------------------------------ the batch
-    def add_server(self, url: str) -> None:
-        self.servers.append(ServerSlot(url, self.settings.per_server, on_event=self._on_event))
+    def add_server(self, address: ServerAddress | str) -> None:
+        slot = ServerSlot(address, self.settings.per_server, on_event=self._on_event,
+                          max_download_mb=self.settings.max_download_mb)
+        if all(s.name != slot.name for s in self.servers):  # the same server given twice is used once
+            self.servers.append(slot)
 
     def run(self, todo: list[Job]) -> None:
         """Run the jobs `triage` left to do."""
@@ -240,15 +248,18 @@ class Dispatcher:
                 if kind == "execution_interrupted":
                     raise PromptInterrupted(f"{srv.name} interrupted the prompt (someone called /interrupt)")
                 raise NodeFailed(format_node_error(data))
-            job.files = await self._save(srv, job, entry)
+            job.files = await save_outputs(srv.client, job, entry)
             job.seconds = time.monotonic() - t0
             job.server_seconds = execution_seconds(entry)
             job.phases = {"upload": t1 - t0, "post": t2 - t1, "wait": t3 - t2, "download": t0 + job.seconds - t3}
             return "done", ""
         except PromptRejected as e:
-            return "failed", f"ComfyUI refused the prompt: {e}"
+            return "failed", srv.client.redact(f"ComfyUI refused the prompt: {e}")
         except NodeFailed as e:
-            return "failed", str(e)
+            return "failed", srv.client.redact(str(e))
+        except AccessDenied as e:
+            srv.exclude(str(e))  # reported once; the pair goes to another server
+            return "retry", srv.client.redact(str(e))
         except (ServerLost, PromptTimeout, PromptInterrupted) as e:
             if isinstance(e, ServerLost) and srv.state == "alive" and not await self._answers(srv):
                 srv.mark_dead(str(e))
@@ -256,7 +267,7 @@ class Dispatcher:
                 await srv.client.cancel(pid)  # it must not go on here while it runs elsewhere (timeout)
             elif posted:
                 srv.abandoned.add(pid)
-            return "retry", str(e)
+            return "retry", srv.client.redact(str(e))
         except OSError as e:
             return "failed", f"could not write the output: {e}"
         except asyncio.CancelledError:
@@ -264,8 +275,8 @@ class Dispatcher:
                 await srv.client.cancel(pid)
             return "interrupted", ""
         except Exception as e:  # a bug or an answer this client does not understand: fail the pair, say why
-            log.exception("%s on %s", job.key, srv.name)
-            return "failed", f"client error: {type(e).__name__}: {e}"
+            log.debug("%s on %s", job.key, srv.name, exc_info=True)
+            return "failed", srv.client.redact(f"client error: {type(e).__name__}: {e}")
         finally:
             srv.in_flight.pop(pid, None)
             srv.client.unwatch(pid)
@@ -305,31 +316,6 @@ class Dispatcher:
                 return entry
             if timeout and time.monotonic() - (watch.started or watch.posted) > timeout:
                 raise PromptTimeout(f"{srv.name}: prompt {watch.prompt_id} ran over --timeout {timeout:g} s")
-
-    async def _save(self, srv: ServerSlot, job: Job, entry: dict) -> list[str]:
-        items = output_files(entry)
-        if not items:
-            raise NodeFailed("the prompt ran but saved no file (the workflow needs a SaveVideo, SaveImage, ... node)")
-        ext = os.path.splitext(job.output)[1].lower()
-        primary = next((i for i, (_, it) in enumerate(items) if os.path.splitext(it["filename"])[1].lower() == ext), None)
-        stem = os.path.splitext(os.path.basename(job.output))[0]
-        folder = job.extras_dir or os.path.dirname(os.path.abspath(job.output))
-        written, counts = [], collections.Counter()
-        for i, (node, item) in enumerate(items):
-            if i == primary:
-                dest = job.output
-            else:
-                counts[node] += 1
-                dest = os.path.join(folder, f"{stem}_{node}_{counts[node]:05d}{os.path.splitext(item['filename'])[1]}")
-            tmp = temporary_path(dest)
-            try:
-                await srv.client.download(item, tmp)
-                replace_atomically(tmp, dest)
-            finally:
-                if os.path.exists(tmp):
-                    os.remove(tmp)
-            written.append(dest)
-        return written
 
     # ------------------------------------------------------------------ progress, Ctrl-C
     def _on_event(self, kind: str, data: dict) -> None:

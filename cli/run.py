@@ -13,6 +13,7 @@ from ..attention_patch.modes import BACKWARD_WEIGHT_MODES, MODE_HELP, MODES
 from ..samplers.execution import EXECUTIONS
 from ..conditioning.keyframes import IMAGE_EXTS, RESIZE_MODES
 from .comfy_session import PACK_DIR
+from .transport import add_transport_args
 
 log = logging.getLogger(__name__)
 WORKFLOW = os.path.join(PACK_DIR, "workflows", "api", "svd_inbetween_full.json")
@@ -80,7 +81,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     s = p.add_argument_group("servers")
     s.add_argument("--server", action="append", default=[], metavar="URL",
                    help="a running ComfyUI server, e.g. http://127.0.0.1:8188 (repeatable)")
-    s.add_argument("--servers", metavar="FILE", help="file with one server URL per line")
+    s.add_argument("--servers", metavar="FILE",
+                   help="file with one server URL per line, each optionally followed by its own --ca-cert, "
+                        "--insecure, --header, --header-file, --header-env")
     s.add_argument("--per-server", type=int, default=1, metavar="K", help="prompts in flight per server (default 1)")
     s.add_argument("--timeout", type=float, default=3600.0,
                    help="seconds a prompt may run (from its start on the server) before it is interrupted and "
@@ -89,6 +92,7 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--server-wait", type=float, default=300.0,
                    help="seconds to wait for a server to come back when none is reachable (default 300)")
     s.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_transport_args(p)
     loc = p.add_argument_group("private server (used when no --server is given)")
     loc.add_argument("--comfyui", help="ComfyUI checkout (default: $COMFYUI_PATH or ~/ComfyUI)")
     loc.add_argument("--cpu", action="store_true", help="run the private server on the CPU")
@@ -191,12 +195,23 @@ def build_prompt(args) -> tuple[dict, tuple[str, str], dict[str, str]]:
     return prompt, nodes, model_dirs
 
 
-def server_urls(args) -> list[str]:
-    urls = list(args.server)
-    if args.servers:
-        with open(args.servers) as f:
-            urls += [ln.strip() for ln in f if ln.strip() and not ln.strip().startswith("#")]
-    return [u if "://" in u else "http://" + u for u in urls]
+def server_urls(args) -> list:
+    """The ServerAddress of every --server and --servers line (credentials kept out of their names)."""
+    from .transport import TransportError, options_from_args, read_servers_file, server_address
+    options = options_from_args(args)
+    try:
+        servers = [server_address(u, options) for u in args.server]
+        if args.servers:
+            servers += read_servers_file(args.servers, options)
+        if not servers and (options.headers or options.header_files or options.header_envs or options.ca_cert
+                            or options.insecure):
+            log.warning("--ca-cert, --insecure and --header* apply to --server/--servers only; the private "
+                        "server ignores them")
+    except TransportError as e:
+        raise fail(str(e)) from None
+    except OSError as e:
+        raise fail(f"--servers {args.servers}: {e.strerror}") from None
+    return servers
 
 
 def build_jobs(pairs: list[Pair], prompt: dict, nodes: tuple[str, str], manifest) -> list:
@@ -226,7 +241,7 @@ def dispatch(args, jobs: list, manifest, model_dirs: dict[str, str], skip_nodes:
     from .local_server import LocalServer
     settings = Settings(per_server=max(1, args.per_server), retries=max(0, args.retries),
                         timeout=args.timeout or None, server_wait=args.server_wait,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, max_download_mb=args.max_download_mb)
     urls = server_urls(args)
     dispatcher = Dispatcher(urls, manifest, settings, skip_nodes)
     todo = dispatcher.triage(jobs)

@@ -8,6 +8,7 @@ import asyncio
 
 from ..attention_patch.modes import MODES
 from .run import add_generation_args, build_prompt, fail
+from .transport import add_transport_args
 
 PACK_NODE = "SVDInbetweenSampler"
 
@@ -19,13 +20,15 @@ def add_parser(sub) -> None:
     p.add_argument("urls", nargs="+", metavar="URL", help="server, e.g. http://127.0.0.1:8188")
     p.add_argument("--mode", choices=MODES, help="sampler mode to check for (as `run --mode`)")
     add_generation_args(p)
+    add_transport_args(p)
     p.set_defaults(func=main)
 
 
-async def check_server(url: str, prompt: dict, skip_nodes: tuple[str, ...]) -> dict:
-    from .api_client import ComfyClient, ServerLost
+async def check_server(url, prompt: dict, skip_nodes: tuple[str, ...]) -> dict:
+    """One row of the table for a URL or ServerAddress."""
+    from .api_client import AccessDenied, ComfyClient, ServerLost
     from .workflow import check_against_server
-    client = ComfyClient(url if "://" in url else "http://" + url, request_timeout=30)
+    client = ComfyClient(url, request_timeout=30)
     row = {"server": client.url, "version": "-", "pack": "-", "queue": "-", "ok": False}
     try:
         stats = await client.system_stats()
@@ -36,6 +39,8 @@ async def check_server(url: str, prompt: dict, skip_nodes: tuple[str, ...]) -> d
         problems = check_against_server(prompt, info, skip_nodes)
         row["problems"] = "; ".join(problems) or "ok: every node type and model file is there"
         row["ok"] = not problems
+    except AccessDenied as e:
+        row["problems"] = f"refused: {e}"
     except ServerLost as e:
         row["problems"] = f"unreachable: {e}"
     finally:
@@ -43,7 +48,7 @@ async def check_server(url: str, prompt: dict, skip_nodes: tuple[str, ...]) -> d
     return row
 
 
-async def check_all(urls: list[str], prompt: dict, skip_nodes: tuple[str, ...]) -> list[dict]:
+async def check_all(urls: list, prompt: dict, skip_nodes: tuple[str, ...]) -> list[dict]:
     return list(await asyncio.gather(*(check_server(u, prompt, skip_nodes) for u in urls)))
 
 
@@ -63,6 +68,11 @@ def main(args: argparse.Namespace) -> int:
         prompt, nodes, _ = build_prompt(args)
     except WorkflowError as e:
         raise fail(str(e)) from None
-    rows = asyncio.run(check_all(args.urls, prompt, nodes))
+    from .transport import TransportError, options_from_args, server_address
+    try:
+        servers = [server_address(u, options_from_args(args), where="serve-check") for u in args.urls]
+    except TransportError as e:
+        raise fail(str(e)) from None
+    rows = asyncio.run(check_all(servers, prompt, nodes))
     print(table(rows))
     return 0 if all(r["ok"] for r in rows) else 1

@@ -1,13 +1,15 @@
 """The servers of a batch: admission (reachable, pack and models present), websocket watch,
 death, probing and re-admission. A server is `alive`, `dead` (unreachable; probed until it comes
-back) or `excluded` (it answers but cannot run the workflow: missing nodes or models)."""
+back) or `excluded` (it answers but cannot run the workflow: missing nodes or models, refused
+credentials or an untrusted certificate, answers that are not ComfyUI's; never retried)."""
 from __future__ import annotations
 
 import asyncio
 import logging
 from typing import Callable
 
-from .api_client import ComfyClient, ServerLost, Watch
+from .api_client import AccessDenied, BadAnswer, ComfyClient, ServerLost, Watch
+from .transport import DEFAULT_MAX_DOWNLOAD_MB, ServerAddress, TransportOptions, server_address
 from .workflow import check_against_server
 
 log = logging.getLogger(__name__)
@@ -16,11 +18,16 @@ RECONNECT_TRIES = 3
 
 
 class ServerSlot:
-    def __init__(self, url: str, per_server: int, on_event: Callable[[str, dict], None] | None = None):
-        self.url = url.rstrip("/")
-        self.name = self.url.split("://", 1)[-1]
+    def __init__(self, address: ServerAddress | str, per_server: int,
+                 on_event: Callable[[str, dict], None] | None = None,
+                 max_download_mb: float = DEFAULT_MAX_DOWNLOAD_MB):
+        if not isinstance(address, ServerAddress):
+            address = server_address(address, TransportOptions())
+        self.url = address.url
+        self.name = address.name  # scheme://host:port: what tables, logs and the manifest show
         self.per_server = per_server
-        self.client = ComfyClient(self.url, on_event=lambda kind, data: self._event(kind, data, on_event))
+        self.client = ComfyClient(address, on_event=lambda kind, data: self._event(kind, data, on_event),
+                                  max_download_mb=max_download_mb)
         self.state = "unused"
         self.reason = ""
         self.version = "?"
@@ -48,8 +55,12 @@ class ServerSlot:
         """Check the server can run every prompt and open its websocket; False (with `reason`) if not."""
         try:
             stats = await self.client.system_stats()
-            self.version = str((stats.get("system") or {}).get("comfyui_version", "?"))
+            system = stats.get("system")
+            self.version = str(system.get("comfyui_version", "?") if isinstance(system, dict) else "?")[:40]
             info = await self.client.object_info()
+        except (AccessDenied, BadAnswer) as e:
+            self._set("excluded", str(e))
+            return False
         except ServerLost as e:
             self._set("dead", str(e))
             return False
@@ -61,6 +72,9 @@ class ServerSlot:
             return False
         try:
             await self.client.listen()
+        except AccessDenied as e:
+            self._set("excluded", str(e))
+            return False
         except ServerLost as e:
             self._set("dead", str(e))
             return False
@@ -73,9 +87,17 @@ class ServerSlot:
             log.warning("server %s is back: re-admitted", self.name)
         elif state == "dead" and self.state != "dead":
             log.warning("server %s is unreachable (%s); its prompts go to other servers, probing it", self.name, reason)
-        elif state == "excluded":
-            log.error("server %s cannot run this workflow: %s", self.name, reason)
+        elif state == "excluded" and self.state != "excluded":  # once, however many prompts were in flight
+            log.error("server %s cannot be used: %s", self.name, reason)
         self.state, self.reason = state, reason
+
+    def exclude(self, reason: str) -> None:
+        """Stop using a server that refused our credentials mid-batch; its prompts go elsewhere."""
+        self._set("excluded", reason)
+        for pid, w in list(self.in_flight.items()):
+            self.abandoned.add(pid)
+            if not w.done.done():
+                w.done.set_exception(ServerLost(f"{self.name}: {reason}"))
 
     def mark_dead(self, reason: str) -> None:
         """Fail every prompt in flight here with ServerLost; they are re-queued elsewhere."""
@@ -93,7 +115,7 @@ class ServerSlot:
         while not finished.is_set() and self.state != "excluded":
             if self.state == "alive":
                 await _first(self.client.ws_lost.wait(), finished.wait())
-                if finished.is_set():
+                if finished.is_set() or self.state == "excluded":  # excluded meanwhile (a 401/403): stays out
                     return
                 if not await self._reconnect():
                     self.mark_dead("websocket closed and the server does not answer")
@@ -111,6 +133,9 @@ class ServerSlot:
         for attempt in range(RECONNECT_TRIES):
             try:
                 await self.client.listen()
+            except AccessDenied as e:
+                self.exclude(str(e))
+                return True  # not dead: excluded, and monitor() stops
             except ServerLost:
                 await asyncio.sleep(0.5 * (attempt + 1))
                 continue
@@ -130,6 +155,8 @@ class ServerSlot:
                     w.done.set_result("history")
                 else:
                     w.done.set_exception(ServerLost(f"{self.name} lost prompt {pid} (restarted?)"))
+        except AccessDenied as e:
+            self.exclude(str(e))
         except ServerLost as e:
             self.mark_dead(str(e))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -25,12 +26,16 @@ PACKS = {"svd_inbetween": REPO, "svd_inbetween_test_tiny": os.path.join(HERE, "t
 
 class ComfyServer:
     """`with ComfyServer(base) as server:`. `port` reuses a port (a restarted server); `packs` names the
-    custom node folders linked into base/custom_nodes (default: this pack and the tiny test pack)."""
+    custom node folders linked into base/custom_nodes (default: this pack and the tiny test pack);
+    `tls` = {"cert", "key", "ca"} (network_parts.make_certs) serves https (main.py --tls-certfile/--tls-keyfile)."""
 
-    def __init__(self, base: str, port: int | None = None, packs: dict[str, str] | None = None):
+    def __init__(self, base: str, port: int | None = None, packs: dict[str, str] | None = None,
+                 tls: dict[str, str] | None = None):
         self.base = base
         self.port = port or free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.tls = tls
+        self.url = f"{'https' if tls else 'http'}://127.0.0.1:{self.port}"
+        self._ssl = ssl.create_default_context(cafile=tls["ca"]) if tls else None
         self.log_path = os.path.join(base, "server.log")
         custom = os.path.join(base, "custom_nodes")
         os.makedirs(custom, exist_ok=True)
@@ -45,7 +50,8 @@ class ComfyServer:
         log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-             "--base-directory", self.base, "--disable-auto-launch"],
+             "--base-directory", self.base, "--disable-auto-launch",
+             *(["--tls-certfile", self.tls["cert"], "--tls-keyfile", self.tls["key"]] if self.tls else [])],
             cwd=COMFYUI_PATH, stdout=log, stderr=subprocess.STDOUT,
             # tiny models are overhead-bound: extra intra-op threads only fight the test process for 2 cores
             env={**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"})
@@ -81,14 +87,14 @@ class ComfyServer:
             return f.read()
 
     def get(self, path: str):
-        with urllib.request.urlopen(self.url + path, timeout=30) as r:
+        with urllib.request.urlopen(self.url + path, timeout=30, context=self._ssl) as r:
             return json.loads(r.read())
 
     def post(self, path: str, payload) -> dict:
         req = urllib.request.Request(self.url + path, data=json.dumps(payload).encode(),
                                      headers={"Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(req, timeout=30) as r:
+            with urllib.request.urlopen(req, timeout=30, context=self._ssl) as r:
                 body = r.read()
                 return json.loads(body) if body else {}
         except urllib.error.HTTPError as e:

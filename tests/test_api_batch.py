@@ -140,7 +140,7 @@ def test_ctrl_c_then_rerun_generates_only_the_missing_pairs(farm, tmp_path):
     interrupted = [r for r in last.values() if r["status"] == "interrupted"]
     assert interrupted
     # the interrupted prompts do not go on running on the servers
-    by_name = {s.url.split("://")[1]: s for s in servers}
+    by_name = {s.url: s for s in servers}  # servers are named scheme://host:port
     for rec in interrupted:  # the client confirmed each cancel before it exited
         server = by_name[rec["server"]]
         queue = server.get("/queue")
@@ -179,7 +179,7 @@ def test_server_killed_mid_prompt_batch_completes_once(farm, tmp_path):
     got = videos(out)
     assert len(got) == 12 and all(v == VIDEO for v in got.values()), got
     assert all(r["status"] == "done" for r in last.values())
-    name = victim.url.split("://")[1]
+    name = victim.url
     requeued = [r for r in records if r["status"] == "requeued" and r["server"] == name]
     assert requeued, "the killed server had a prompt in flight"
     for r in requeued:  # the killed pair was made by another server, once
