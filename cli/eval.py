@@ -192,11 +192,26 @@ def fill_from_workflow(args) -> None:
         args.resize = found.get("resize", "crop")
 
 
+def comfy_for_scoring(args) -> None:
+    """The ground truth is resized with ComfyUI's own resize, as the keyframes are: make the local
+    checkout importable (--comfyui or COMFYUI_PATH) when `svd-inbetween eval` runs outside ComfyUI."""
+    try:
+        import comfy.utils  # noqa: F401
+    except ImportError:
+        from .comfy_session import ComfyUINotFound, prepare_comfyui
+        try:
+            prepare_comfyui(args.comfyui, cpu=True)
+        except ComfyUINotFound as e:
+            raise SystemExit(f"svd-inbetween eval: the ground truth is resized with ComfyUI's own resize, as the "
+                             f"keyframes are, so it needs the local ComfyUI checkout: {e}") from None
+
+
 def fit_like_conditioning(args):
     """Ground truth resized the way SVDInbetweenConditioning resizes the keyframes."""
     import torch
 
     from ..conditioning.keyframes import fit_image
+    comfy_for_scoring(args)
 
     def fit(frames, width, height):
         t = torch.from_numpy(frames).float() / 255

@@ -199,3 +199,28 @@ def test_pair_list(gt_folder, tmp_path):
     path.write_text("a_video.mp4,5\n")
     with pytest.raises(gtdata.EvalDataError, match="line 1: expected 'source,start,end'"):
         gtdata.read_pair_list(str(path), gt_folder)
+
+
+@pytest.mark.host
+def test_eval_scoring_outside_comfyui_uses_the_local_checkout(tmp_path):
+    """`svd-inbetween eval` runs in a plain Python: scoring resizes the ground truth with ComfyUI's own resize,
+    so it makes --comfyui importable, or says clearly that it needs it (regression: ModuleNotFoundError)."""
+    import subprocess
+    import sys
+
+    from host import COMFYUI_PATH
+    code = ("import argparse, sys, numpy as np\n"
+            "assert 'comfy' not in sys.modules\n"
+            "from svd_inbetween.cli.eval import fit_like_conditioning\n"
+            "fit = fit_like_conditioning(argparse.Namespace(comfyui=sys.argv[1], resize='crop'))\n"
+            "print(fit(np.full((2, 72, 88, 3), 128, np.uint8), 64, 48).shape)\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "COMFYUI_PATH")}
+    ok = subprocess.run([sys.executable, "-c", code, COMFYUI_PATH], capture_output=True, text=True, cwd=tmp_path,
+                        env=env, timeout=300)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert ok.stdout.strip().splitlines()[-1] == "(2, 48, 64, 3)"
+    bad = subprocess.run([sys.executable, "-c", code, str(tmp_path / "nowhere")], capture_output=True, text=True,
+                         cwd=tmp_path, env=env, timeout=300)
+    assert bad.returncode != 0
+    assert "svd-inbetween eval: the ground truth is resized with ComfyUI's own resize" in bad.stderr
+    assert "Traceback" not in bad.stderr
