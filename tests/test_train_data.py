@@ -125,3 +125,21 @@ def test_errors_name_the_folder_and_fix(tmp_path, data_dir):
     (bad / "broken.mp4").write_bytes(b"not a video")
     with pytest.raises(TrainDataError, match="broken.mp4"):
         ClipDataset(str(bad), 2, 32, 32)
+
+
+def test_no_function_in_weights_takes_over_12_parameters():
+    """The training loop takes one run object (weights/train.py _Run), as the samplers take GenerationSettings."""
+    import ast
+    import glob
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    over = []
+    for path in glob.glob(os.path.join(repo, "weights", "*.py")):
+        with open(path) as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                a = node.args
+                n = len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs) + bool(a.vararg) + bool(a.kwarg)
+                if n > 12:
+                    over.append(f"{os.path.basename(path)}:{node.lineno} {getattr(node, 'name', 'lambda')} ({n})")
+    assert not over, over

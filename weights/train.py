@@ -272,17 +272,38 @@ def train(model_patcher, clip_vision, vae, dataset, config: TrainConfig) -> Trai
         ckpt = gradient_checkpointing(m.model.diffusion_model) if config.gradient_checkpointing \
             else contextlib.nullcontext()
         with frozen_except(m.model, params), ckpt:
-            return _loop(m, params, names, paths, base, state, clip_vision, vae, dataset, config,
-                         distributed, rank, world, accum)
+            return _loop(_Run(m, params, names, paths, base, clip_vision, vae, dataset, config,
+                              distributed, rank, world, accum), state)
     finally:
         _unload(m)
 
 
-def _loop(m, params, names, paths, base, state, clip_vision, vae, dataset, config, distributed, rank, world,
-          accum) -> TrainResult:
+@dataclass
+class _Run:
+    """What one training run holds fixed from its first step to its last (as GenerationSettings for a sampler):
+    the trainable clone and its 32 tensors, the frozen base, the encoders, the data, the config and the
+    process group. The loop's changing state (optimizer, step, losses) lives in _loop."""
+    m: object  # the trainable ModelPatcher clone
+    params: list  # the 32 trainable tensors, (W_v', W_o') per layer in `paths` order
+    names: list[str]  # optimizer parameter names (resume checks them)
+    paths: list[str]  # the 16 temporal attn1 module paths
+    base: dict  # path -> (W_v, W_o) of the base model, fp32 on the CPU
+    clip_vision: object
+    vae: object
+    dataset: object
+    config: TrainConfig
+    distributed: bool
+    rank: int
+    world: int
+    accum: int  # micro-batches per optimizer step on this rank
+
+
+def _loop(run: _Run, state: TrainState) -> TrainResult:
     from torch.utils.data import DataLoader
     from tqdm import tqdm
 
+    m, params, names, paths, config = run.m, run.params, run.names, run.paths, run.config
+    distributed, rank, world, accum = run.distributed, run.rank, run.world, run.accum
     device = m.load_device
     optimizer = torch.optim.AdamW(params, lr=config.lr, betas=config.betas, weight_decay=config.weight_decay,
                                   eps=config.eps)
@@ -291,7 +312,7 @@ def _loop(m, params, names, paths, base, state, clip_vision, vae, dataset, confi
         state.restore(optimizer, scaler, names)
 
     def micro_loss(pixels, sample_ids):
-        enc = encode_batch(m, clip_vision, vae, pixels, sample_ids, config)
+        enc = encode_batch(m, run.clip_vision, run.vae, pixels, sample_ids, config)
         _load(m)  # encoding may have made ComfyUI offload the UNet
         return sample_losses(m, enc, paths).mean()
 
@@ -299,12 +320,11 @@ def _loop(m, params, names, paths, base, state, clip_vision, vae, dataset, confi
     if distributed:
         objective = nn.parallel.DistributedDataParallel(
             objective, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
-    loader = DataLoader(dataset, batch_size=config.micro_batch_size, num_workers=config.num_workers,
+    loader = DataLoader(run.dataset, batch_size=config.micro_batch_size, num_workers=config.num_workers,
                         sampler=StepSampler(state.step, config.steps, config.batch_size, rank, world),
                         pin_memory=device.type == "cuda")
     batches = iter(loader)
-    save = lambda file, step, shape: _save(file, step, params, base, paths, optimizer, scaler,  # noqa: E731
-                                           names, config, rank, distributed, shape)
+    save = lambda file, step, shape: _save(run, file, step, optimizer, scaler, shape)  # noqa: E731
     losses, files, ema, shape = [], [], None, None
     done = state.step
     with tqdm(total=config.steps, initial=state.step, disable=not (config.progress and rank == 0),
@@ -343,16 +363,18 @@ def _loop(m, params, names, paths, base, state, clip_vision, vae, dataset, confi
     return TrainResult(done, losses, weights, files)
 
 
-def _save(file, step, params, base, paths, optimizer, scaler, names, config, rank, distributed, shape) -> list[str]:
+def _save(run: _Run, file, step, optimizer, scaler, shape) -> list[str]:
+    params, paths, config = run.params, run.paths, run.config
     written = []
-    if rank == 0:
+    if run.rank == 0:
         weights = {p: (params[2 * i], params[2 * i + 1]) for i, p in enumerate(paths)}
         meta = {"source": "svd-inbetween train", "step": step, "batch_size": config.batch_size, "lr": config.lr,
                 "seed": config.seed, **config.metadata}
         if shape is not None:
             meta.update(frames=shape[0], height=shape[1], width=shape[2])
-        written = save_checkpoint(file, weights, base, config.kind, meta, step, optimizer, scaler, names, config)
+        written = save_checkpoint(file, weights, run.base, config.kind, meta, step, optimizer, scaler, run.names,
+                                  config)
         log.info("svd-inbetween train: step %d saved to %s", step, file)
-    if distributed:
+    if run.distributed:
         dist.barrier()
     return written
