@@ -48,7 +48,7 @@ AUGMENTATION_STREAM = 0x4A06_5EED
 
 
 def augmentation_noise(shape, seed: int) -> torch.Tensor:
-    """One noise tensor, shared by both keyframes as in the authors' pipeline."""
+    """One noise tensor, shared by both keyframes as in the GI authors' pipeline."""
     g = torch.Generator(device="cpu").manual_seed((seed + AUGMENTATION_STREAM) % (2 ** 63))
     return torch.randn(shape, generator=g)
 
@@ -94,7 +94,8 @@ def encode_keyframes(clip_vision, vae, images: list[torch.Tensor], encoding: Key
                      frames: int):
     """Keyframes ([1, H, W, C] each) -> (the resized keyframes, their (positive, negative) conds).
 
-    One augmentation noise (from `seed`) is shared by every keyframe, as in the authors' pipeline.
+    One augmentation noise (from `seed`) is shared by every keyframe, as in the GI authors' pipeline (the MPD
+    scripts draw one per keyframe).
     """
     e = encoding
     keys = [fit_image(image, e.width, e.height, e.resize) for image in images]

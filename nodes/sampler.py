@@ -70,7 +70,9 @@ class SVDInbetweenGuider(io.ComfyNode):
             inputs=[io.Model.Input("model", tooltip="The SVD model (SVD-XT); for modes gi, vibid_gi and mpd_gi, through "
                                                     "SVD Inbetween Load Backward Weights."),
                     *_conds_inputs(), *guidance_inputs().values()],
-            outputs=[io.Guider.Output("guider", tooltip="Use with SamplerCustomAdvanced and SVDInbetweenRecurrentEuler.")],
+            outputs=[io.Guider.Output("guider", tooltip="Use with SamplerCustomAdvanced and SVDInbetweenRecurrentEuler "
+                                                         "(modes gi, gi_no_finetune, trf), SVDInbetweenViBiDSampler "
+                                                         "(vibid modes) or SVDInbetweenMPDSampler (mpd modes).")],
         )
 
     @classmethod

@@ -79,17 +79,19 @@ COND_NAMES = {BACKWARD_UNCOND: "negative_end", BACKWARD_COND: "positive_end", FO
               FORWARD_COND: "positive"}
 
 
-def request_chunks(direction: str, rotating: bool, use_uncond: bool, cfg1: bool, requested: bool) -> tuple[int, ...]:
+def request_chunks(direction: str, rotating: bool, use_uncond: bool, plain_cfg1: bool,
+                   requested: bool) -> tuple[int, ...]:
     """The chunks (cond indices) the UNet runs for one prediction: `direction` is a request's, FUSED
-    for the fused prediction; use_uncond: the unconditional chunks run (cfg != 1 or CFG++ asks).
+    for the fused prediction; use_uncond: the unconditional chunks run (cfg != 1 or CFG++ asks);
+    plain_cfg1: cfg is 1 and no CFG function on the model reads the unconditional prediction.
 
     Forward chunks also run for a backward-only request when they must supply rotated maps. A fused
-    request's CFG++ follows the forward path's uncond, so at cfg 1 the backward uncond is skipped."""
+    request's CFG++ follows the forward path's uncond, so with plain_cfg1 the backward uncond is skipped."""
     want_forward, want_backward = direction != BACKWARD, direction in (BACKWARD, FUSED)
     chunks = []
     if want_backward:
         chunks.append(BACKWARD_COND)
-        if use_uncond and not (requested and direction == FUSED and cfg1):
+        if use_uncond and not (requested and direction == FUSED and plain_cfg1):
             chunks.append(BACKWARD_UNCOND)
     if want_forward or rotating:
         chunks.append(FORWARD_COND)
@@ -191,8 +193,9 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
         direction = request.direction if request is not None else FUSED
         want_forward, want_backward = direction != BACKWARD, direction in (BACKWARD, FUSED)
         use_uncond = not (math.isclose(self.cfg, 1.0) and not model_options.get("disable_cfg1_optimization", False))
-        chunks = request_chunks(direction, bool(self.layers), use_uncond, math.isclose(self.cfg, 1.0),
-                                request is not None)
+        plain_cfg1 = math.isclose(self.cfg, 1.0) and not any(
+            model_options.get(k) for k in ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_cfg_function"))
+        chunks = request_chunks(direction, bool(self.layers), use_uncond, plain_cfg1, request is not None)
         out, conds = self._unet(x, timestep, model_options, chunks)
 
         frames = x.shape[0]

@@ -15,6 +15,8 @@ mpd_trf (on TRF), while i < fraction * steps (authors: 0.1): `iterations` (autho
   x0 = w * x0_fwd + (1 - w) * x0_bwd, w = 1 -> 0 over the frames, each a CFG++ step along the
   forward unconditional x0 and a re-noise, then a final fused pass; no DDS in them.
 
+The step index and `fraction * steps` count the sigmas this SAMPLER gets: after SplitSigmas each
+part starts again at step 0 (the authors always run the whole schedule).
 Neither loop applies CFG (their x0 is the conditional one): cfg 1.0 here. At other cfg the
 guided x0 takes its place. One fresh noise per re-noise, drawn from `noise_sampler(sigma,
 sigma_next)` in the authors' order: 4 per distilling step of mpd at the defaults (3 + the
