@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -106,6 +107,33 @@ JS_INPUT_POS = """([nodeId, name]) => {
     }
     return app.canvasPosToClientPos(p);
 }"""
+
+
+# Nodes 2.0: the middle of an input's label, a widget row (data-widget-name) or else the socket's row.
+JS_VUE_INPUT_POS = """([nodeId, name]) => {
+    const root = document.querySelector(`[data-node-id="${nodeId}"]`);
+    if (!root) return null;
+    let el = root.querySelector(`[data-widget-name="${name}"]`);
+    if (el) {  // the widget's middle: its value (its label's tooltip only names the input)
+        const r = el.getBoundingClientRect();
+        return [r.left + r.width / 2, r.top + r.height / 2];
+    }
+    if (!el) {
+        const i = app.graph.getNodeById(nodeId).inputs.findIndex(s => s.name === name);
+        el = root.querySelector(`[data-slot-key="${nodeId}-in-${i}"]`)?.closest('[data-grace-area-trigger]');
+    }
+    if (!el) return null;
+    // the label itself (the row also holds the socket's dot, whose tooltip names the input's type)
+    const label = [...el.querySelectorAll('*')].find(e => !e.children.length && e.textContent.trim() === name);
+    const r = (label || el).getBoundingClientRect();
+    return [r.left + r.width / 2, r.top + r.height / 2];
+}"""
+# The canvas's tooltip (.node-tooltip) or Nodes 2.0's (role=tooltip), visible, with the text wanted.
+JS_TOOLTIPS = """() => [...document.querySelectorAll('.node-tooltip, [role=tooltip]')]
+    .filter(e => e.getClientRects().length).map(e => e.innerText.trim()).filter(Boolean)"""
+# Nodes 2.0 appends a combo's current value after the description ("<tooltip>\n\n<value>")
+JS_TOOLTIP_SHOWN = ("(want) => (" + JS_TOOLTIPS + ")().some(t => t === want || t.startsWith(want + '\\n')"
+                    " || t.startsWith(want + ' '))")
 
 
 def _missing(reason: str) -> None:
@@ -221,13 +249,15 @@ def test_every_input_shows_its_tooltip_on_hover(ui):
             for name, ispec in spec["input"].get(section, {}).items():
                 want = ispec[1].get("tooltip") if len(ispec) > 1 else None
                 assert want, f"{node_id}.{name} has no tooltip in /object_info"
-                pos = page.evaluate(JS_INPUT_POS, [nid, name])
+                pos = page.evaluate(JS_VUE_INPUT_POS if VUE_NODES else JS_INPUT_POS, [nid, name])
                 assert pos, f"{node_id}.{name}: neither a widget nor a socket in the UI"
                 page.mouse.move(5, 5)
                 page.mouse.move(pos[0], pos[1], steps=2)
-                tip = page.locator(".node-tooltip")
-                tip.wait_for(state="visible", timeout=5_000)
-                assert tip.inner_text().strip() == want.strip(), f"{node_id}.{name}"
+                try:
+                    page.wait_for_function(JS_TOOLTIP_SHOWN, arg=want.strip(), timeout=5_000)
+                except Exception:  # playwright TimeoutError: say what was shown instead
+                    raise AssertionError(f"{node_id}.{name}: tooltip {want!r} not shown; shown: "
+                                         f"{page.evaluate(JS_TOOLTIPS)}") from None
                 read += 1
     assert read >= 60  # 8 pack nodes, 75+ inputs
     page.mouse.move(5, 5)
@@ -360,6 +390,42 @@ def assert_no_node_covers_another(page, name: str) -> None:
     assert not overlaps, f"{name}: nodes overlap (ids) {overlaps}; rects {rects}"
 
 
+# Nodes 2.0: {widget name: its text and the values of its fields} of each widget a node's DOM shows.
+JS_VUE_WIDGET_TEXT = """(id) => { const root = document.querySelector(`[data-node-id="${id}"]`);
+    if (!root) return null;
+    return Object.fromEntries([...root.querySelectorAll('[data-widget-name]')].map(w => [
+        w.getAttribute('data-widget-name'),
+        [w.innerText, ...[...w.querySelectorAll('input, textarea')].map(i => i.value)].join('\\n')])); }"""
+
+
+def _shows(text: str, value) -> bool:
+    if isinstance(value, bool):
+        return True  # a toggle: no text to read
+    if isinstance(value, (int, float)):
+        return any(abs(float(n.replace(",", "")) - value) <= 1e-6 * max(1.0, abs(value))
+                   for n in re.findall(r"-?[\d,]*\.?\d+(?:e-?\d+)?", text))
+    return str(value) in text
+
+
+def assert_vue_widgets_show_their_values(page, name: str, ui_json: dict, info: dict) -> None:
+    """Every widget of every node is drawn with the value the template saved (Nodes 2.0 renders them as DOM)."""
+    from ui_format import read_widgets
+    wrong = []
+    for node in ui_json["nodes"]:
+        shown = page.evaluate(JS_VUE_WIDGET_TEXT, node["id"])
+        assert shown is not None, f"{name}: node {node['id']} not drawn as a Vue node"
+        linked = {i["name"] for i in node.get("inputs", []) if i.get("link") is not None}
+        values, _, _ = read_widgets(info[node["type"]], node.get("widgets_values"))
+        for widget, value in values.items():
+            if widget in linked or "." in widget:
+                continue  # fed by a link; a dynamic combo's sub-widget is named differently in the DOM
+            if widget not in shown and any(k.endswith("." + widget) for k in values):
+                continue  # 0.33's SaveVideo: the hidden optional `codec` twin of `format.codec`
+            if widget not in shown or not _shows(shown[widget], value):
+                wrong.append((node["id"], node["type"], widget, value, shown.get(widget)))
+    assert not wrong, f"{name}: widgets not shown with their value: {wrong}"
+
+
 def graph_templates(version) -> list[str]:
     """Templates opened as node graphs: all of them, except the app on frontends with an app mode."""
     return [n for n in workflow_names(UI_DIR) if not (n.endswith(".app") and version >= LINEAR_MODE)]
@@ -386,6 +452,8 @@ def test_shipped_workflows_load_from_template_browser_and_run(ui, tmp_path):
         page.evaluate(bui.JS_FRAME)
         page.wait_for_timeout(300)  # Vue nodes settle their size after the first frame
         assert_no_node_covers_another(page, name)
+        if VUE_NODES:
+            assert_vue_widgets_show_their_values(page, name, ui_json, info)
         page.screenshot(path=str(shots / f"{name}.png"))
         assert_png(str(shots / f"{name}.png"))
         keep(str(shots / f"{name}.png"), f"{name}_nodes2.0_frontend_{'.'.join(map(str, version[:2]))}.png"
