@@ -195,7 +195,9 @@ NODE_LIBRARY_BUTTON = "button.node-library-tab-button, button[aria-label^='Node 
 def open_node_library(page, query: str):
     """Sidebar Nodes -> its search box -> `query`; waits for an entry named `query` (a node or blueprint)."""
     page.locator(NODE_LIBRARY_BUTTON).first.click()
-    box = page.locator("input[placeholder^='Search Nodes']:visible, input[placeholder^='Search nodes']:visible").first
+    # 1.58: "Search Nodes..."; 1.49: "Search..."
+    box = page.locator("input[placeholder^='Search Nodes']:visible, input[placeholder^='Search nodes']:visible, "
+                       "input[placeholder='Search...']:visible").first
     box.wait_for(state="visible", timeout=10_000)
     box.fill(query)
     entry = page.get_by_text(query, exact=True).locator("visible=true").first
