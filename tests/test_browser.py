@@ -614,7 +614,7 @@ def test_blueprint_from_node_library_runs_like_its_template(ui, tmp_path):
 
     server, page, base, weights, info, version = ui
     if version < BLUEPRINT_VIEW:
-        pytest.skip(f"frontend {version} / this host lists no subgraph blueprints (ComfyUI 0.33, frontend 1.49+)")
+        pytest.skip(f"frontend {version}: subgraph blueprints are tested from frontend 1.49 (ComfyUI 0.33) on")
     bui.blank_graph(page)
     library = bui.open_node_library(page, BLUEPRINT)
     shot = str(tmp_path / "blueprint_library.png")
