@@ -578,22 +578,27 @@ def test_error_surfaces_are_detected(ui):
 
 
 BLUEPRINT = "Keyframes to Video (SVD Inbetween)"
-BLUEPRINT_TEMPLATE = "svd_inbetween_full"
+# each blueprint: (the template it wraps, words of its name to search for, {blueprint input: image} as the template wires it)
+BLUEPRINTS = {
+    BLUEPRINT: ("svd_inbetween_full", "keyframes to video", {"start_image": "start.png", "end_image": "end.png"}),
+    "Keyframe Chain to Video (SVD Inbetween)": ("svd_inbetween_keyframe_chain", "keyframe chain to video", {
+        "keyframe_1": "start.png", "keyframe_2": "end.png", "keyframe_3": "start.png"}),
+}
 BLUEPRINT_VIEW = (1, 49)  # the first tested frontend that lists a pack's subgraphs/ blueprints (0.33 serves them)
 JS_SUBGRAPH_NODE = """(id) => { const n = app.graph.getNodeById(id);
     return {subgraph: !!(n.isSubgraphNode && n.isSubgraphNode()), name: n.subgraph?.name ?? null,
             inner: (n.subgraph?.nodes ?? []).map(m => [String(m.id), m.type]),
             widgets: (n.widgets || []).map(w => w.name), inputs: n.inputs.map(i => i.name)}; }"""
 # The blueprint node between two LoadImage nodes and a SaveVideo, as a user wires it.
-JS_WIRE_BLUEPRINT = """([id, prefix]) => {
+JS_WIRE_BLUEPRINT = """([id, prefix, images]) => {
     const g = app.graph, bp = g.getNodeById(id);
     const make = (t, pos, values) => { const n = LiteGraph.createNode(t); n.pos = pos; g.add(n);
         for (const [k, v] of Object.entries(values)) n.widgets.find(w => w.name === k).value = v; return n; };
-    const a = make('LoadImage', [bp.pos[0] - 380, bp.pos[1]], {image: 'start.png'});
-    const b = make('LoadImage', [bp.pos[0] - 380, bp.pos[1] + 380], {image: 'end.png'});
+    Object.entries(images).forEach(([input, image], i) => {
+        const a = make('LoadImage', [bp.pos[0] - 380, bp.pos[1] + 380 * i], {image});
+        a.connect(0, bp, bp.inputs.findIndex(s => s.name === input));
+    });
     const s = make('SaveVideo', [bp.pos[0] + bp.size[0] + 60, bp.pos[1]], {filename_prefix: prefix});
-    a.connect(0, bp, bp.inputs.findIndex(i => i.name === 'start_image'));
-    b.connect(0, bp, bp.inputs.findIndex(i => i.name === 'end_image'));
     bp.connect(0, s, 0);
     g.setDirtyCanvas(true, true);
 }"""
@@ -606,37 +611,40 @@ def decoded_frames(path: str):
         return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
 
 
-def test_blueprint_from_node_library_runs_like_its_template(ui, tmp_path):
+@pytest.mark.parametrize("blueprint", sorted(BLUEPRINTS))
+def test_blueprint_from_node_library_runs_like_its_template(ui, tmp_path, blueprint):
     """0.33 serves subgraphs/*.json; the node library lists the blueprint, the node search adds it as one
-    subgraph node holding the template's nodes; wired to two images and a SaveVideo, with the tiny models
+    subgraph node holding the template's nodes; wired to its images and a SaveVideo, with the tiny models
     swapped in inside the subgraph, it makes the same frames as the template's API twin."""
     from comfy_job import tiny_prompt
 
     server, page, base, weights, info, version = ui
     if version < BLUEPRINT_VIEW:
         pytest.skip(f"frontend {version}: subgraph blueprints are tested from frontend 1.49 (ComfyUI 0.33) on")
+    template, query, images = BLUEPRINTS[blueprint]
     bui.blank_graph(page)
-    library = bui.open_node_library(page, BLUEPRINT)
-    shot = str(tmp_path / "blueprint_library.png")
-    page.screenshot(path=shot)
-    assert_png(shot)
-    keep(shot, f"blueprint_node_library_frontend_{'.'.join(map(str, version[:2]))}.png")
+    library = bui.open_node_library(page, blueprint)
+    if blueprint == BLUEPRINT:
+        shot = str(tmp_path / "blueprint_library.png")
+        page.screenshot(path=shot)
+        assert_png(shot)
+        keep(shot, f"blueprint_node_library_frontend_{'.'.join(map(str, version[:2]))}.png")
     bui.close_node_library(page, library)
 
-    bui.search_and_add(page, "keyframes to video", BLUEPRINT)
+    bui.search_and_add(page, query, blueprint)
     page.wait_for_function("() => app.graph.nodes.length === 1", timeout=10_000)
     nid = page.evaluate("() => app.graph.nodes[0].id")
     got = page.evaluate(JS_SUBGRAPH_NODE, nid)
-    api = load_workflow(API_DIR, BLUEPRINT_TEMPLATE)
+    api = load_workflow(API_DIR, template)
     inside = {k: v for k, v in api.items() if v["class_type"] not in ("LoadImage", "SaveVideo")}
-    assert got["subgraph"] and got["name"] == BLUEPRINT, got
+    assert got["subgraph"] and got["name"] == blueprint, got
     # the frontend may renumber the nodes inside (1.58 does where an id is taken): match them by type, each unique
     assert sorted(t for _, t in got["inner"]) == sorted(v["class_type"] for v in inside.values()), got
     bid = {k: next(i for i, t in got["inner"] if t == v["class_type"]) for k, v in inside.items()}
-    assert {"start_image", "end_image"} <= set(got["inputs"]), got
+    assert set(images) <= set(got["inputs"]), got
     assert {"mode", "seed", "steps", "ckpt_name", "weights"} <= set(got["widgets"]), got
 
-    page.evaluate(JS_WIRE_BLUEPRINT, [nid, "video/blueprint"])
+    page.evaluate(JS_WIRE_BLUEPRINT, [nid, "video/blueprint", images])
     want = tiny_prompt(api, weights)
     exposed = set(got["widgets"])
     ids = {}
@@ -656,7 +664,7 @@ def test_blueprint_from_node_library_runs_like_its_template(ui, tmp_path):
     shot = str(tmp_path / "blueprint_graph.png")
     page.screenshot(path=shot)
     assert_png(shot)
-    (made,) = run_and_check_video(server, page, base, BLUEPRINT)
+    (made,) = run_and_check_video(server, page, base, blueprint)
     entry = server.wait(server.queue(want), timeout=180)  # the template, over HTTP
     assert entry["status"]["status_str"] == "success", entry["status"]
     (v,) = [item for out in entry["outputs"].values() for item in out.get("images", [])]
