@@ -85,7 +85,9 @@ def open_templates(page, module: str):
     return dialog
 
 
-TEMPLATES_DIALOG = "[role=dialog]:has([data-testid^='template-workflow-'])"
+# the template browser, also while a filter shows no card (1.58's App filter on extension templates)
+TEMPLATES_DIALOG = ("[role=dialog]:has([data-testid^='template-workflow-']), "
+                    "[role=dialog]:has([data-testid='template-filter-bar'])")
 
 
 def close_templates(page) -> None:
@@ -185,13 +187,41 @@ def search_and_add(page, query: str, display_name: str) -> None:
     raise AssertionError(f"node search {query!r}: no result named {display_name!r}; first results: {shown}")
 
 
+# ---------------------------------------------------------------- node library (sidebar)
+
+NODE_LIBRARY_BUTTON = "button.node-library-tab-button, button[aria-label^='Node Library']"
+
+
+def open_node_library(page, query: str):
+    """Sidebar Nodes -> its search box -> `query`; waits for an entry named `query` (a node or blueprint)."""
+    page.locator(NODE_LIBRARY_BUTTON).first.click()
+    # 1.58: "Search Nodes..."; 1.49: "Search..."
+    box = page.locator("input[placeholder^='Search Nodes']:visible, input[placeholder^='Search nodes']:visible, "
+                       "input[placeholder='Search...']:visible").first
+    box.wait_for(state="visible", timeout=10_000)
+    box.fill(query)
+    entry = page.get_by_text(query, exact=True).locator("visible=true").first
+    entry.wait_for(state="visible", timeout=15_000)
+    page.wait_for_timeout(300)
+    return entry
+
+
+def close_node_library(page, entry) -> None:
+    page.locator(NODE_LIBRARY_BUTTON).first.click()
+    entry.wait_for(state="hidden", timeout=10_000)
+
+
 # ---------------------------------------------------------------- node help
+
+# the rendered help page: `.markdown-content` up to 1.49; 1.58 renders it in the right panel's Info tab
+HELP_VIEW = ".markdown-content, .node-help-content .comfy-markdown-content"
+
 
 def open_node_help(page, nid: int):
     """Select the node, then the selection toolbox's info button: the help page (Markdown) of the node."""
     click_title(page, nid)
     page.locator("[data-testid='info-button']").first.click()
-    help_view = page.locator(".markdown-content").first
+    help_view = page.locator(HELP_VIEW).first
     help_view.wait_for(state="visible", timeout=15_000)
     return help_view
 
@@ -203,7 +233,7 @@ def close_node_help(page) -> None:
         page.locator("button[aria-label='Toggle properties panel']").click()
     elif page.locator(".node-help-content").is_visible():
         page.locator("button[aria-label^='Node Library']").first.click()
-    page.locator(".markdown-content").first.wait_for(state="hidden", timeout=10_000)
+    page.locator(HELP_VIEW).first.wait_for(state="hidden", timeout=10_000)
 
 
 def markdown_heading_and_sentence(text: str) -> tuple[str, str]:

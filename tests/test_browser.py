@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -37,6 +38,7 @@ PACK_MODULE = "custom_nodes.svd_inbetween"
 HELP_NODE = "SVDInbetweenSampler"
 LINEAR_MODE = (1, 35)  # the first tested frontend that opens a workflow saved with extra.linearMode as an app
 APP_VIEW = (1, 49)  # the first tested frontend with the template browser's App view
+APP_FLAG = (1, 58)  # from here the App view lists only templates flagged isApp: never an extension's
 VIEWPORT = {"width": 1280, "height": 800}
 SCALE = 2  # HiDPI screenshots (2560x1600): node text stays readable when a wide graph is fit to the window
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -46,12 +48,28 @@ CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-network
 UI_SETTINGS = {"Comfy.TutorialCompleted": True, "Comfy.OnboardingCoachmarks.Seen": ["appMode", "firstRun"],
                "LiteGraph.Canvas.MinFontSizeForLOD": 1, "Comfy.Minimap.Visible": False,
                "Comfy.Graph.CanvasInfo": False, "LiteGraph.Node.TooltipDelay": 100}
+# Nodes 2.0 (frontend 1.58's Vue-rendered nodes) on or off: .ci/run runs this file both ways on 1.58.1
+VUE_NODES = os.environ.get("SVD_INBETWEEN_VUE_NODES") == "1"
+UI_SETTINGS["Comfy.VueNodes.Enabled"] = VUE_NODES
+# Where each node is drawn, in page px, title included: the DOM element of a Vue node, else the canvas node's
+# bounding box (LiteGraph's getBounding) mapped to the page.
+JS_NODE_RECTS = """() => app.graph.nodes.map(n => {
+    const el = document.querySelector(`[data-node-id="${n.id}"]`);
+    if (el && el.getClientRects().length) { const r = el.getBoundingClientRect();
+        return [String(n.id), r.left, r.top, r.right, r.bottom]; }
+    const b = n.getBounding ? n.getBounding() : [n.pos[0], n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT, n.size[0],
+                                                   n.size[1] + LiteGraph.NODE_TITLE_HEIGHT];
+    const p0 = app.canvasPosToClientPos([b[0], b[1]]), p1 = app.canvasPosToClientPos([b[0] + b[2], b[1] + b[3]]);
+    return [String(n.id), p0[0], p0[1], p1[0], p1[1]];
+})"""
 
 # node ids are numbers up to frontend 1.35 and strings on 1.49: look a saved id up either way
-JS_BY_ID = ("const byId = (id) => app.graph.getNodeById(id) ?? app.graph.getNodeById(Number(id))"
-            " ?? app.graph.getNodeById(String(id));")
-JS_SWAP = """([oldId, newType]) => {""" + JS_BY_ID + """
-    const g = app.graph, old = byId(oldId), neu = LiteGraph.createNode(newType);
+# An optional last argument names a subgraph node: then the ids are those of the nodes inside its subgraph.
+JS_BY_ID = ("const byId = (id) => g.getNodeById(id) ?? g.getNodeById(Number(id)) ?? g.getNodeById(String(id));")
+JS_GRAPH = ("const g = sub == null ? app.graph : (app.graph.getNodeById(sub) ?? app.graph.getNodeById(String(sub)))"
+            ".subgraph;")
+JS_SWAP = """([oldId, newType, sub]) => {""" + JS_GRAPH + JS_BY_ID + """
+    const old = byId(oldId), neu = LiteGraph.createNode(newType);
     neu.pos = [...old.pos];
     g.add(neu);
     const targets = [];
@@ -61,7 +79,7 @@ JS_SWAP = """([oldId, newType]) => {""" + JS_BY_ID + """
     for (const [i, tid, ts] of targets) neu.connect(i, byId(tid), ts);
     return neu.id;
 }"""
-JS_SET_WIDGETS = """([nodeId, values]) => {""" + JS_BY_ID + """
+JS_SET_WIDGETS = """([nodeId, values, sub]) => {""" + JS_GRAPH + JS_BY_ID + """
     const n = byId(nodeId), missing = [];
     for (const [k, v] of Object.entries(values)) {
         const w = (n.widgets || []).find(w => w.name === k);
@@ -89,6 +107,33 @@ JS_INPUT_POS = """([nodeId, name]) => {
     }
     return app.canvasPosToClientPos(p);
 }"""
+
+
+# Nodes 2.0: the middle of an input's label, a widget row (data-widget-name) or else the socket's row.
+JS_VUE_INPUT_POS = """([nodeId, name]) => {
+    const root = document.querySelector(`[data-node-id="${nodeId}"]`);
+    if (!root) return null;
+    let el = root.querySelector(`[data-widget-name="${name}"]`);
+    if (el) {  // the widget's middle: its value (its label's tooltip only names the input)
+        const r = el.getBoundingClientRect();
+        return [r.left + r.width / 2, r.top + r.height / 2];
+    }
+    if (!el) {
+        const i = app.graph.getNodeById(nodeId).inputs.findIndex(s => s.name === name);
+        el = root.querySelector(`[data-slot-key="${nodeId}-in-${i}"]`)?.closest('[data-grace-area-trigger]');
+    }
+    if (!el) return null;
+    // the label itself (the row also holds the socket's dot, whose tooltip names the input's type)
+    const label = [...el.querySelectorAll('*')].find(e => !e.children.length && e.textContent.trim() === name);
+    const r = (label || el).getBoundingClientRect();
+    return [r.left + r.width / 2, r.top + r.height / 2];
+}"""
+# The canvas's tooltip (.node-tooltip) or Nodes 2.0's (role=tooltip), visible, with the text wanted.
+JS_TOOLTIPS = """() => [...document.querySelectorAll('.node-tooltip, [role=tooltip]')]
+    .filter(e => e.getClientRects().length).map(e => e.innerText.trim()).filter(Boolean)"""
+# Nodes 2.0 appends a combo's current value after the description ("<tooltip>\n\n<value>")
+JS_TOOLTIP_SHOWN = ("(want) => (" + JS_TOOLTIPS + ")().some(t => t === want || t.startsWith(want + '\\n')"
+                    " || t.startsWith(want + ' '))")
 
 
 def _missing(reason: str) -> None:
@@ -204,13 +249,15 @@ def test_every_input_shows_its_tooltip_on_hover(ui):
             for name, ispec in spec["input"].get(section, {}).items():
                 want = ispec[1].get("tooltip") if len(ispec) > 1 else None
                 assert want, f"{node_id}.{name} has no tooltip in /object_info"
-                pos = page.evaluate(JS_INPUT_POS, [nid, name])
+                pos = page.evaluate(JS_VUE_INPUT_POS if VUE_NODES else JS_INPUT_POS, [nid, name])
                 assert pos, f"{node_id}.{name}: neither a widget nor a socket in the UI"
                 page.mouse.move(5, 5)
                 page.mouse.move(pos[0], pos[1], steps=2)
-                tip = page.locator(".node-tooltip")
-                tip.wait_for(state="visible", timeout=5_000)
-                assert tip.inner_text().strip() == want.strip(), f"{node_id}.{name}"
+                try:
+                    page.wait_for_function(JS_TOOLTIP_SHOWN, arg=want.strip(), timeout=5_000)
+                except Exception:  # playwright TimeoutError: say what was shown instead
+                    raise AssertionError(f"{node_id}.{name}: tooltip {want!r} not shown; shown: "
+                                         f"{page.evaluate(JS_TOOLTIPS)}") from None
                 read += 1
     assert read >= 60  # 8 pack nodes, 75+ inputs
     page.mouse.move(5, 5)
@@ -312,7 +359,8 @@ def swap_in_tiny_models(page, api: dict, want: dict) -> dict:
     return ids
 
 
-def run_and_check_video(server, page, base: str, name: str, queue=None) -> None:
+def run_and_check_video(server, page, base: str, name: str, queue=None) -> list[str]:
+    """Queue the graph (or call `queue`), wait for the run; -> the paths of the videos it wrote."""
     from comfy_job import TINY, video_info
     with page.expect_response(lambda r: r.url.endswith("/prompt") and r.request.method == "POST",
                               timeout=60_000) as resp:
@@ -326,11 +374,56 @@ def run_and_check_video(server, page, base: str, name: str, queue=None) -> None:
     assert entry["status"]["status_str"] == "success", entry["status"]
     videos = [item for out in entry["outputs"].values() for item in out.get("images", [])]
     assert videos, entry["outputs"]
-    for v in videos:
-        got = video_info(os.path.join(base, "output", v.get("subfolder", ""), v["filename"]))
+    paths = [os.path.join(base, "output", v.get("subfolder", ""), v["filename"]) for v in videos]
+    for path in paths:
+        got = video_info(path)
         assert got["width"] == TINY["width"] and got["height"] == TINY["height"], (name, got)
         assert got["frames"] >= TINY["frames"], (name, got)
     assert bui.errors(page) == [], f"{name}: error shown after the run"
+    return paths
+
+
+def assert_no_node_covers_another(page, name: str) -> None:
+    rects = page.evaluate(JS_NODE_RECTS)
+    overlaps = [(a[0], b[0]) for i, a in enumerate(rects) for b in rects[i + 1:]
+                if min(a[3], b[3]) - max(a[1], b[1]) > 1 and min(a[4], b[4]) - max(a[2], b[2]) > 1]
+    assert not overlaps, f"{name}: nodes overlap (ids) {overlaps}; rects {rects}"
+
+
+# Nodes 2.0: {widget name: its text and the values of its fields} of each widget a node's DOM shows.
+JS_VUE_WIDGET_TEXT = """(id) => { const root = document.querySelector(`[data-node-id="${id}"]`);
+    if (!root) return null;
+    return Object.fromEntries([...root.querySelectorAll('[data-widget-name]')].map(w => [
+        w.getAttribute('data-widget-name'),
+        [w.innerText, ...[...w.querySelectorAll('input, textarea')].map(i => i.value)].join('\\n')])); }"""
+
+
+def _shows(text: str, value) -> bool:
+    if isinstance(value, bool):
+        return True  # a toggle: no text to read
+    if isinstance(value, (int, float)):
+        return any(abs(float(n.replace(",", "")) - value) <= 1e-6 * max(1.0, abs(value))
+                   for n in re.findall(r"-?[\d,]*\.?\d+(?:e-?\d+)?", text))
+    return str(value) in text
+
+
+def assert_vue_widgets_show_their_values(page, name: str, ui_json: dict, info: dict) -> None:
+    """Every widget of every node is drawn with the value the template saved (Nodes 2.0 renders them as DOM)."""
+    from ui_format import read_widgets
+    wrong = []
+    for node in ui_json["nodes"]:
+        shown = page.evaluate(JS_VUE_WIDGET_TEXT, node["id"])
+        assert shown is not None, f"{name}: node {node['id']} not drawn as a Vue node"
+        linked = {i["name"] for i in node.get("inputs", []) if i.get("link") is not None}
+        values, _, _ = read_widgets(info[node["type"]], node.get("widgets_values"))
+        for widget, value in values.items():
+            if widget in linked or "." in widget:
+                continue  # fed by a link; a dynamic combo's sub-widget is named differently in the DOM
+            if widget not in shown and any(k.endswith("." + widget) for k in values):
+                continue  # 0.33's SaveVideo: the hidden optional `codec` twin of `format.codec`
+            if widget not in shown or not _shows(shown[widget], value):
+                wrong.append((node["id"], node["type"], widget, value, shown.get(widget)))
+    assert not wrong, f"{name}: widgets not shown with their value: {wrong}"
 
 
 def graph_templates(version) -> list[str]:
@@ -357,9 +450,14 @@ def test_shipped_workflows_load_from_template_browser_and_run(ui, tmp_path):
                                timeout=30_000)
         page.evaluate(bui.JS_CLEAR_ERROR_OUTLINES)
         page.evaluate(bui.JS_FRAME)
+        page.wait_for_timeout(300)  # Vue nodes settle their size after the first frame
+        assert_no_node_covers_another(page, name)
+        if VUE_NODES:
+            assert_vue_widgets_show_their_values(page, name, ui_json, info)
         page.screenshot(path=str(shots / f"{name}.png"))
         assert_png(str(shots / f"{name}.png"))
-        keep(str(shots / f"{name}.png"), f"{name}.png")
+        keep(str(shots / f"{name}.png"), f"{name}_nodes2.0_frontend_{'.'.join(map(str, version[:2]))}.png"
+             if VUE_NODES else f"{name}.png")
         if thumbs_dir:
             bui.thumbnail(page, str(shots / f"{name}_thumb.png"), os.path.join(thumbs_dir, f"{name}.jpg"))
 
@@ -387,6 +485,16 @@ def test_app_template_opens_in_app_mode_and_runs(ui, tmp_path):
     app_filter = dialog.locator("button", has_text="App")
     if version < APP_VIEW:
         assert app_filter.count() == 0, f"frontend {version} has an App filter: lower APP_VIEW"
+    elif version >= APP_FLAG:
+        # 1.58 lists a template under App only when the template index flags it `isApp`, which extension
+        # templates never get: the filter shows none of ours (README: open svd_inbetween.app from the pack's list)
+        app_filter.first.click()
+        page.wait_for_timeout(1500)
+        listed = dialog.evaluate("d => [...d.querySelectorAll('[data-testid^=\"template-workflow-\"]')]"
+                                 ".map(c => c.getAttribute('data-testid'))")
+        assert listed == [], f"frontend {version} lists extension apps under App again: {listed}"
+        bui.close_templates(page)
+        dialog = bui.open_templates(page, MODULE)
     else:
         app_filter.first.click()
         page.wait_for_function("(d) => d.querySelectorAll('[data-testid^=\"template-workflow-\"]').length === 1",
@@ -406,7 +514,9 @@ def test_app_template_opens_in_app_mode_and_runs(ui, tmp_path):
         labels = [t.strip() for t in page.locator("[data-testid='builder-widget-label']").all_inner_texts()]
         assert labels == ["Start frame", "End frame", "seed"], labels
         warning = page.locator("[data-testid='linear-validation-warning']")
-        assert f"{len(expected_missing_models(ui_json))} errors" in warning.inner_text(), warning.inner_text()
+        n = len(expected_missing_models(ui_json))  # 1.49: "2 errors"; 1.58: "2 issues found"
+        assert f"{n} errors" in warning.inner_text() or f"{n} issues found" in warning.inner_text(), \
+            warning.inner_text()
         run = page.locator("[data-testid='linear-run-button'] button").last
     else:  # 1.35: every widget, labelled; missing models in a dialog
         check_missing_models_shown(page, version, apps[0], ui_json)
@@ -465,3 +575,101 @@ def test_error_surfaces_are_detected(ui):
             or "Load Backward Weights - weights" in shown), shown[:1500]
     bui.dismiss_errors(page)
     assert bui.errors(page) == []
+
+
+BLUEPRINT = "Keyframes to Video (SVD Inbetween)"
+# each blueprint: (the template it wraps, words of its name to search for, {blueprint input: image} as the template wires it)
+BLUEPRINTS = {
+    BLUEPRINT: ("svd_inbetween_full", "keyframes to video", {"start_image": "start.png", "end_image": "end.png"}),
+    "Keyframe Chain to Video (SVD Inbetween)": ("svd_inbetween_keyframe_chain", "keyframe chain to video", {
+        "keyframe_1": "start.png", "keyframe_2": "end.png", "keyframe_3": "start.png"}),
+}
+BLUEPRINT_VIEW = (1, 49)  # the first tested frontend that lists a pack's subgraphs/ blueprints (0.33 serves them)
+JS_SUBGRAPH_NODE = """(id) => { const n = app.graph.getNodeById(id);
+    return {subgraph: !!(n.isSubgraphNode && n.isSubgraphNode()), name: n.subgraph?.name ?? null,
+            inner: (n.subgraph?.nodes ?? []).map(m => [String(m.id), m.type]),
+            widgets: (n.widgets || []).map(w => w.name), inputs: n.inputs.map(i => i.name)}; }"""
+# The blueprint node between two LoadImage nodes and a SaveVideo, as a user wires it.
+JS_WIRE_BLUEPRINT = """([id, prefix, images]) => {
+    const g = app.graph, bp = g.getNodeById(id);
+    const make = (t, pos, values) => { const n = LiteGraph.createNode(t); n.pos = pos; g.add(n);
+        for (const [k, v] of Object.entries(values)) n.widgets.find(w => w.name === k).value = v; return n; };
+    Object.entries(images).forEach(([input, image], i) => {
+        const a = make('LoadImage', [bp.pos[0] - 380, bp.pos[1] + 380 * i], {image});
+        a.connect(0, bp, bp.inputs.findIndex(s => s.name === input));
+    });
+    const s = make('SaveVideo', [bp.pos[0] + bp.size[0] + 60, bp.pos[1]], {filename_prefix: prefix});
+    bp.connect(0, s, 0);
+    g.setDirtyCanvas(true, true);
+}"""
+
+
+def decoded_frames(path: str):
+    import av
+    import numpy as np
+    with av.open(path) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+
+
+@pytest.mark.parametrize("blueprint", sorted(BLUEPRINTS))
+def test_blueprint_from_node_library_runs_like_its_template(ui, tmp_path, blueprint):
+    """0.33 serves subgraphs/*.json; the node library lists the blueprint, the node search adds it as one
+    subgraph node holding the template's nodes; wired to its images and a SaveVideo, with the tiny models
+    swapped in inside the subgraph, it makes the same frames as the template's API twin."""
+    from comfy_job import tiny_prompt
+
+    server, page, base, weights, info, version = ui
+    if version < BLUEPRINT_VIEW:
+        pytest.skip(f"frontend {version}: subgraph blueprints are tested from frontend 1.49 (ComfyUI 0.33) on")
+    template, query, images = BLUEPRINTS[blueprint]
+    bui.blank_graph(page)
+    library = bui.open_node_library(page, blueprint)
+    if blueprint == BLUEPRINT:
+        shot = str(tmp_path / "blueprint_library.png")
+        page.screenshot(path=shot)
+        assert_png(shot)
+        keep(shot, f"blueprint_node_library_frontend_{'.'.join(map(str, version[:2]))}.png")
+    bui.close_node_library(page, library)
+
+    bui.search_and_add(page, query, blueprint)
+    page.wait_for_function("() => app.graph.nodes.length === 1", timeout=10_000)
+    nid = page.evaluate("() => app.graph.nodes[0].id")
+    got = page.evaluate(JS_SUBGRAPH_NODE, nid)
+    api = load_workflow(API_DIR, template)
+    inside = {k: v for k, v in api.items() if v["class_type"] not in ("LoadImage", "SaveVideo")}
+    assert got["subgraph"] and got["name"] == blueprint, got
+    # the frontend may renumber the nodes inside (1.58 does where an id is taken): match them by type, each unique
+    assert sorted(t for _, t in got["inner"]) == sorted(v["class_type"] for v in inside.values()), got
+    bid = {k: next(i for i, t in got["inner"] if t == v["class_type"]) for k, v in inside.items()}
+    assert set(images) <= set(got["inputs"]), got
+    assert {"mode", "seed", "steps", "ckpt_name", "weights"} <= set(got["widgets"]), got
+
+    page.evaluate(JS_WIRE_BLUEPRINT, [nid, "video/blueprint", images])
+    want = tiny_prompt(api, weights)
+    exposed = set(got["widgets"])
+    ids = {}
+    for k, node in inside.items():  # the tiny loader replaces the checkpoint loader inside the subgraph
+        if want[k]["class_type"] != node["class_type"]:
+            ids[k] = str(page.evaluate(JS_SWAP, [bid[k], want[k]["class_type"], nid]))
+    for k in inside:
+        changed = {i: v for i, v in want[k]["inputs"].items()
+                   if not isinstance(v, list) and (k in ids or api[k]["inputs"].get(i) != v)}
+        outer = {i: v for i, v in changed.items() if i in exposed and k not in ids}
+        inner = {i: v for i, v in changed.items() if i not in outer}
+        if outer:  # as a user sets them: on the blueprint node's own widgets
+            assert page.evaluate(JS_SET_WIDGETS, [nid, outer]) == [], (k, outer)
+        if inner:
+            assert page.evaluate(JS_SET_WIDGETS, [ids.get(k, bid[k]), inner, nid]) == [], (k, inner)
+    page.evaluate(bui.JS_FRAME)
+    shot = str(tmp_path / "blueprint_graph.png")
+    page.screenshot(path=shot)
+    assert_png(shot)
+    (made,) = run_and_check_video(server, page, base, blueprint)
+    entry = server.wait(server.queue(want), timeout=180)  # the template, over HTTP
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    (v,) = [item for out in entry["outputs"].values() for item in out.get("images", [])]
+    template_frames = decoded_frames(os.path.join(base, "output", v.get("subfolder", ""), v["filename"]))
+    blueprint_frames = decoded_frames(made)
+    assert blueprint_frames.shape == template_frames.shape
+    assert (blueprint_frames == template_frames).all(), "the blueprint's frames differ from the template's"
+    bui.blank_graph(page)

@@ -22,7 +22,7 @@ from host import COMFYUI_PATH, REPO
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # Folders of data files that must ship whole (every file in them, at any depth).
-DATA_DIRS = ("workflows", "web")
+DATA_DIRS = ("workflows", "subgraphs", "web")
 NOT_PACKAGES = ("tests", "tools", "docs", "build", "dist")
 
 
@@ -34,7 +34,7 @@ def git_files() -> list[str]:
 
 def runtime_files(files: list[str]) -> list[str]:
     """Repo-relative files the installed package must hold: the Python modules of every package, and
-    every file under workflows/ and web/."""
+    every file under workflows/, subgraphs/ and web/."""
     packages = {os.path.dirname(f) for f in files if f.endswith("__init__.py")
                 and f.split("/")[0] not in NOT_PACKAGES and not f.startswith(".")}
     out = []
@@ -79,6 +79,7 @@ def test_wheel_holds_every_runtime_file(wheel):
     # the ones issue 16 found missing or new: API twins, help pages, the icon
     assert any(f.startswith("workflows/api/") for f in expected)
     assert "web/icon.png" in expected and "web/docs/SVDInbetweenSampler.md" in expected
+    assert "subgraphs/Keyframes to Video (SVD Inbetween).json" in expected  # ComfyUI 0.33's blueprints
     missing = [f for f in expected if f"svd_inbetween/{f}" not in names]
     assert not missing, f"not in the wheel: {missing}"
     assert not [n for n in names if n.startswith("svd_inbetween/tests/")]

@@ -279,10 +279,15 @@ def api_to_ui(api: dict, defs: dict, properties: dict | None = None, extra: dict
                 widgets.append(default_value(typ, opts) if isinstance(value, list) else value)
                 widgets += [{"control": "fixed", "upload": "image"}[k] for k in extra_slots(opts)]
         slots = max(len(node_inputs[nid]), len(outs))
-        # roughly what the frontend draws: a title, one row per slot and per widget (an image preview for LoadImage)
-        height = 40 + 22 * (slots + len(widgets)) + (160 if api[nid]["class_type"] == "LoadImage" else 0)
+        preview = 160 if api[nid]["class_type"] == "LoadImage" else 0
+        # roughly what the canvas draws: a title, one row per slot and per widget (an image preview for LoadImage)
+        height = 40 + 22 * (slots + len(widgets)) + preview
+        # Nodes 2.0 (frontend 1.58's Vue nodes) draws the same node taller: larger rows, a widget's label above or
+        # beside it, a model-file badge; the column leaves room for that height, so no node covers the next one
+        shown_widgets = sum(1 for name, typ, _ in walked[nid] if is_widget(typ))
+        vue_height = 100 + 30 * slots + 48 * shown_widgets + preview
         top = column_bottom.get(depth, 40)
-        column_bottom[depth] = top + height + 40
+        column_bottom[depth] = top + max(height, vue_height) + 40
         props = {"Node name for S&R": api[nid]["class_type"], **(properties or {}).get(nid, {})}
         node = {"id": int(nid), "type": api[nid]["class_type"], "pos": [40 + 360 * depth, top],
                 "size": [320, height], "flags": {}, "order": order, "mode": 0, "inputs": node_inputs[nid],

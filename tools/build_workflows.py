@@ -6,12 +6,17 @@ Widget order and defaults come from that host's node definitions, so each UI fil
 its frontend shows; older hosts read the same file by position and drop the newer widgets (the
 workflow-vs-/object_info test checks every supported host). The API twins are what the newest
 frontend queues for the UI file. Thumbnails (workflows/<name>.jpg) come from tests/test_browser.py.
+
+The same definitions give the subgraph blueprints (subgraphs/<name>.json, listed by ComfyUI 0.33+ in the node
+library): a template without its LoadImage and SaveVideo nodes, wrapped as one subgraph whose inputs are the
+images and the widgets a user sets, and whose output is the VIDEO.
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -19,7 +24,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 from host import import_pack  # noqa: E402
-from ui_format import api_as_host_reads, api_to_ui, check_workflow, definitions  # noqa: E402
+from ui_format import api_as_host_reads, api_to_ui, check_workflow, definitions, is_widget, walk  # noqa: E402
 
 import_pack()  # this checkout as `svd_inbetween`, whatever else is installed
 from svd_inbetween.cli.convert import default_file_name  # noqa: E402
@@ -170,6 +175,103 @@ EXTRA = {"svd_inbetween.app": APP_EXTRA}
 LABELS = {"svd_inbetween.app": {"2": {"image": "Start frame"}, "3": {"image": "End frame"}}}
 
 
+# Subgraph blueprints: the template each one wraps, its IMAGE inputs ({input: [(node, input), ...]}, in the
+# order the blueprint node shows them) and the widgets it exposes ((node, widget); the exposed name is the widget's).
+BLUEPRINTS = {
+    "Keyframes to Video (SVD Inbetween)": {
+        "template": "svd_inbetween_full",
+        "images": {"start_image": [("5", "start_image")], "end_image": [("5", "end_image")]},
+        "widgets": [("6", "mode"), ("6", "seed"), ("6", "steps"), ("1", "ckpt_name"), ("4", "weights"),
+                    ("5", "width"), ("5", "height"), ("5", "video_frames")],
+        "description": "Generative Inbetweening: a video from a start and an end image with Stable Video Diffusion "
+                       "run forward and backward (the svd_inbetween_full template as one node).",
+    },
+    "Keyframe Chain to Video (SVD Inbetween)": {
+        "template": "svd_inbetween_keyframe_chain",
+        "images": {"keyframe_1": [("6", "keyframe_1")], "keyframe_2": [("6", "keyframe_2")],
+                   "keyframe_3": [("6", "keyframe_3")]},
+        "widgets": [("6", "mode"), ("6", "seed"), ("6", "steps"), ("1", "ckpt_name"), ("4", "weights"),
+                    ("6", "width"), ("6", "height"), ("6", "frames")],
+        "description": "One video through three keyframes (A, B, C; a loop with C = A): SVD Inbetween per segment, "
+                       "joined (the svd_inbetween_keyframe_chain template as one node).",
+    },
+}
+BLUEPRINT_CATEGORY = "SVD Inbetween"
+# stable ids: a regenerated blueprint keeps its id, so a saved workflow using it still finds its definition
+BLUEPRINT_NAMESPACE = uuid.UUID("5b0c5e0e-6f1a-4c53-9b39-2f4f3d1e0a22")
+
+
+def _uid(*parts: str) -> str:
+    return str(uuid.uuid5(BLUEPRINT_NAMESPACE, "/".join(parts)))
+
+
+def blueprint(name: str, defs: dict) -> dict:
+    """The subgraph blueprint `name` of BLUEPRINTS for the host `defs` describes."""
+    spec = BLUEPRINTS[name]
+    twin, _ = build(spec["template"], defs)
+    api = json.loads(json.dumps(twin))
+    dropped = {nid for nid, n in api.items() if n["class_type"] in ("LoadImage", "SaveVideo")}
+    video_from = next(api[nid]["inputs"]["video"] for nid in dropped if api[nid]["class_type"] == "SaveVideo")
+    for nid in dropped:
+        del api[nid]
+    for node in api.values():  # image inputs now come from the subgraph's inputs
+        node["inputs"] = {k: v for k, v in node["inputs"].items() if not (isinstance(v, list) and v[0] in dropped)}
+    inner = api_to_ui(api, defs, properties=model_properties(api))
+    by_id = {str(n["id"]): n for n in inner["nodes"]}
+    x0 = min(n["pos"][0] for n in inner["nodes"])
+    for n in inner["nodes"]:  # room on the left for the subgraph's input node
+        n["pos"][0] += 260 - x0
+    links = [{"id": i, "origin_id": o, "origin_slot": os_, "target_id": t, "target_slot": ts, "type": ty}
+             for i, o, os_, t, ts, ty in inner["links"]]
+    inputs, top_inputs = [], []
+
+    def link_into(slot: int, nid: str, input_name: str, typ: str) -> int:
+        node = by_id[nid]
+        entry = next((i for i in node["inputs"] if i["name"] == input_name), None)
+        if entry is None:  # a widget that was not a socket yet
+            entry = {"name": input_name, "type": typ, "widget": {"name": input_name}, "link": None}
+            node["inputs"].append(entry)
+        link_id = len(links) + 1
+        entry["link"] = link_id
+        links.append({"id": link_id, "origin_id": -10, "origin_slot": slot, "target_id": int(nid),
+                      "target_slot": node["inputs"].index(entry), "type": typ})
+        return link_id
+
+    for input_name, targets in spec["images"].items():
+        ids = [link_into(len(inputs), nid, target, "IMAGE") for nid, target in targets]
+        inputs.append({"id": _uid(name, "input", input_name), "name": input_name, "type": "IMAGE", "linkIds": ids})
+        top_inputs.append({"name": input_name, "type": "IMAGE", "link": None})
+    for nid, widget in spec["widgets"]:
+        typ = next(t for w, t, _ in walk(defs[api[nid]["class_type"]], lambda *a: None) if w == widget)
+        assert is_widget(typ), (name, nid, widget)
+        typ = "COMBO" if isinstance(typ, list) else typ
+        ids = [link_into(len(inputs), nid, widget, typ)]
+        inputs.append({"id": _uid(name, "input", widget), "name": widget, "type": typ, "linkIds": ids})
+        top_inputs.append({"name": widget, "type": typ, "widget": {"name": widget}, "link": None})
+    src, slot = video_from
+    out_link = len(links) + 1
+    links.append({"id": out_link, "origin_id": int(src), "origin_slot": slot, "target_id": -20, "target_slot": 0,
+                  "type": "VIDEO"})
+    by_id[src]["outputs"][slot]["links"].append(out_link)
+    x1 = max(n["pos"][0] + n["size"][0] for n in inner["nodes"])
+    sub_id = _uid(name)
+    subgraph = {
+        "id": sub_id, "version": 1, "revision": 0, "name": name, "category": BLUEPRINT_CATEGORY,
+        "description": spec["description"], "config": {}, "extra": {}, "groups": [], "widgets": [],
+        "state": {"lastGroupId": 0, "lastNodeId": inner["last_node_id"], "lastLinkId": len(links), "lastRerouteId": 0},
+        "inputNode": {"id": -10, "bounding": [40, 40, 160, 40 + 20 * len(inputs)]},
+        "outputNode": {"id": -20, "bounding": [x1 + 60, 40, 120, 60]},
+        "inputs": inputs,
+        "outputs": [{"id": _uid(name, "output", "VIDEO"), "name": "VIDEO", "type": "VIDEO", "linkIds": [out_link]}],
+        "nodes": inner["nodes"], "links": links,
+    }
+    top = {"id": 1, "type": sub_id, "pos": [0, 0], "size": [400, 40 + 26 * len(top_inputs)], "flags": {}, "order": 0,
+           "mode": 0, "inputs": top_inputs, "outputs": [{"name": "VIDEO", "type": "VIDEO", "links": []}],
+           "title": name, "properties": {}, "widgets_values": []}
+    return {"revision": 0, "last_node_id": 1, "last_link_id": 0, "nodes": [top], "links": [], "version": 0.4,
+            "definitions": {"subgraphs": [subgraph]}, "extra": {}}
+
+
 def model_properties(api: dict) -> dict:
     return {nid: {"models": MODEL_SOURCES[n["class_type"]]} for nid, n in api.items()
             if n["class_type"] in MODEL_SOURCES}
@@ -205,6 +307,12 @@ def main() -> None:
             json.dump(ui, f, indent=1)
             f.write("\n")
         print("wrote", name)
+    os.makedirs(os.path.join(REPO, "subgraphs"), exist_ok=True)
+    for name in BLUEPRINTS:
+        with open(os.path.join(REPO, "subgraphs", f"{name}.json"), "w") as f:
+            json.dump(blueprint(name, defs), f, indent=1)
+            f.write("\n")
+        print("wrote blueprint", name)
 
 
 if __name__ == "__main__":
