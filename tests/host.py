@@ -35,3 +35,7 @@ def setup_comfy() -> None:
     from svd_inbetween.cli.comfy_session import prepare_comfyui
     prepare_comfyui(COMFYUI_PATH, cpu=True)
     import utils.extra_config  # noqa: F401  (before `nodes`, see COMFYUI_NOTES)
+    # ComfyUI's nodes.py now, while its root leads sys.path: pytest later puts the checkout's own folder
+    # first when that folder's name is no Python identifier (a clone in "ci-main"), and a first `import
+    # nodes` after that would find this pack's nodes/ package.
+    import nodes  # noqa: F401
