@@ -31,7 +31,6 @@ from __future__ import annotations
 import torch
 from tqdm.auto import trange
 
-import comfy.model_management
 import comfy.samplers
 
 from .protocol import BACKWARD, DISTILLED, FORWARD, FUSED, SAMPLER_MARK
@@ -48,17 +47,16 @@ def distils(i: int, steps: int, fraction: float) -> bool:
 
 
 def unet_requests(schedule: str, steps: int, constants: Distillation) -> list[list[str]]:
-    """The requests each step sends, in order (the bench counts UNet calls from this)."""
+    """The requests each step sends, in order: the one description of both loops (sample_mpd runs it, the
+    bench counts UNet calls from it). Every request but a step's last is followed by a re-noise to sigma_i."""
     out = []
     for i in range(steps):
-        calls = []
         if distils(i, steps, constants.fraction):
-            calls += [DISTILLED] * constants.iterations + [FORWARD, BACKWARD]
+            out.append([DISTILLED] * constants.iterations + [FORWARD, BACKWARD])
         elif schedule == "mpd":
-            calls += [FORWARD, BACKWARD]
+            out.append([FORWARD, BACKWARD])
         else:
-            calls += [FUSED] * (constants.repeats + 1)
-        out.append(calls)
+            out.append([FUSED] * (constants.repeats + 1))
     return out
 
 
@@ -80,22 +78,14 @@ def sample_mpd(model, x, sigmas, extra_args=None, callback=None, disable=None, n
     steps = RequestSteps.start(model, x, extra_args, noise_sampler, cfg_pp, node, "MPD")
     schedule = guider_schedule(model, node)
     constants = mpd if schedule == "mpd" else mpd_trf
-    total = len(sigmas) - 1
-    for i in trange(total, disable=disable):
+    per_step = unet_requests(schedule, len(sigmas) - 1, constants)
+    for i in trange(len(per_step), disable=disable):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         x_start = x
-        if schedule == "mpd" or distils(i, total, constants.fraction):
-            if distils(i, total, constants.fraction):
-                for _ in range(constants.iterations):
-                    x, _ = steps.step(x, sigma, sigma_next, DISTILLED, dds)
-                    x = steps.renoise(x, sigma, sigma_next)
-            x, x0 = steps.alternating(x, sigma, sigma_next, dds)
-        else:
-            for _ in range(constants.repeats):
-                x, _ = steps.step(x, sigma, sigma_next, FUSED, False)
+        for k, request in enumerate(per_step[i]):
+            if k:
                 x = steps.renoise(x, sigma, sigma_next)
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            x, x0 = steps.step(x, sigma, sigma_next, FUSED, False)
+            x, x0 = steps.step(x, sigma, sigma_next, request, dds)  # a FUSED answer has no pins
         if callback is not None:
             callback({"x": x_start, "i": i, "sigma": sigma, "sigma_hat": sigma, "denoised": x0})
     return x
