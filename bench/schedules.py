@@ -20,8 +20,9 @@ from ..samplers.guider import request_chunks
 from ..samplers.mpd import unet_requests
 from ..samplers.protocol import BACKWARD, FORWARD, FUSED
 from ..samplers.schedule import fused_evaluations
-from ..samplers.settings import MPD_SEQ, MPD_TRF, GenerationSettings, KeyframeConds
+from ..samplers.settings import GenerationSettings, KeyframeConds
 from .measure import Stopwatch, UnetCounter
+from .workflow import CARD_RESERVE_GIB, CARDS_GB
 from .models import random_backward_weights, random_conds, svd_base_model, svd_patcher
 
 NODE = "svd-inbetween bench"
@@ -31,19 +32,17 @@ SCHEDULE_RUNS = {"vibid": (25, 1.0), "mpd": (25, 1.0), "mpd_trf": (25, 1.0), "gi
                  "vibid_gi": (25, 1.0), "mpd_gi": (25, 1.0), "gi_no_finetune": (50, 2.0), "trf": (50, 2.0)}
 # What `bench --schedules` runs by default: the training-free samplers against the paper's method.
 COST_MODES = ("vibid", "mpd", "mpd_trf", "gi")
-# An 8 GB card leaves about this much to ComfyUI (bench/workflow.py's card table).
-CARD_8GB_GIB = 7.0
 
 
 def requests(mode: str, steps: int) -> list[str]:
     """The request of every UNet-call group of one clip, in order (FUSED for a plain fused step)."""
-    spec = mode_of(mode)
+    spec, defaults = mode_of(mode), GenerationSettings()
     if spec.fused:
-        return [FUSED] * fused_evaluations(steps, 5, 0.5)
+        return [FUSED] * fused_evaluations(steps, defaults.recurrence, defaults.recurrence_ratio)
     if spec.alternating:
         return [FORWARD, BACKWARD] * steps
-    return [r for step in unet_requests(spec.schedule, steps, MPD_SEQ if spec.schedule == "mpd" else MPD_TRF)
-            for r in step]
+    constants = defaults.mpd if spec.schedule == "mpd" else defaults.mpd_trf
+    return [r for step in unet_requests(spec.schedule, steps, constants) for r in step]
 
 
 def chunk_sets(mode: str, cfg: float) -> set[tuple[int, ...]]:
@@ -52,8 +51,8 @@ def chunk_sets(mode: str, cfg: float) -> set[tuple[int, ...]]:
     cfg1 = abs(cfg - 1.0) < 1e-9
     use_uncond = not cfg1 or not spec.fused  # the request samplers' CFG++ asks for the uncond at cfg 1
     rotating = spec.rotation != "none"
-    return {request_chunks(r, rotating, use_uncond, cfg1, not spec.fused) for r in set(requests(mode, 1 if spec.fused
-                                                                                               else 25))}
+    return {request_chunks(r, rotating, use_uncond, cfg1, not spec.fused)
+            for r in set(requests(mode, SCHEDULE_RUNS[mode][0]))}
 
 
 @dataclass
@@ -138,7 +137,8 @@ def format_schedules(costs: dict[str, Cost], memory: dict | None, device_text: s
     if memory:
         gib = 2 ** 30
         lines.append(f"  full-size memory of each mode's largest UNet call (SVD-XT 1024x576x25 fp16, meta trace; "
-                     f"total = weights the sampler holds + call peak; an 8 GB card leaves ~{CARD_8GB_GIB} GiB):")
+                     f"total = weights the sampler holds + call peak; an 8 GB card leaves ~"
+                     f"{CARDS_GB[0] - CARD_RESERVE_GIB:g} GiB):")
         lines.append(f"  {'mode':<8} " + " ".join(f"{e + ' GiB':>15}" for e in next(iter(memory.values()))))
         for mode, per in memory.items():
             lines.append(f"  {mode:<8} " + " ".join(f"{m['call_peak'] / gib:>6.2f} / {m['total'] / gib:>6.2f}"

@@ -35,7 +35,7 @@ import comfy.samplers
 
 from .protocol import BACKWARD, DISTILLED, FORWARD, FUSED, SAMPLER_MARK
 from .settings import MPD_SEQ, MPD_TRF, Distillation
-from .validation import check_distillation, fail
+from .validation import check_distillations, fail
 from .vibid import RequestSteps
 
 MPD_SCHEDULES = ("mpd", "mpd_trf")
@@ -97,7 +97,6 @@ setattr(sample_mpd, SAMPLER_MARK, "mpd")
 def mpd_sampler(cfg_pp: bool = True, dds: bool = True, mpd: Distillation = MPD_SEQ, mpd_trf: Distillation = MPD_TRF,
                 node: str | None = None) -> comfy.samplers.KSAMPLER:
     """The MPD SAMPLER (constants checked here, named as the node's inputs)."""
-    check_distillation("mpd_", mpd.fraction, mpd.iterations)
-    check_distillation("mpd_trf_", mpd_trf.fraction, mpd_trf.iterations, mpd_trf.repeats)
+    check_distillations(mpd, mpd_trf)
     return comfy.samplers.KSAMPLER(sample_mpd, extra_options={"cfg_pp": bool(cfg_pp), "dds": bool(dds), "mpd": mpd,
                                                               "mpd_trf": mpd_trf, "node": node})

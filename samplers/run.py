@@ -23,7 +23,7 @@ from .guider import SVDInbetweenGuider
 from .mpd import mpd_sampler
 from .recurrent_euler import recurrent_euler_sampler
 from .settings import GenerationSettings, KeyframeConds
-from .validation import (check_choice, check_conds_fit_model, check_distillation, check_forward_weight, check_inputs,
+from .validation import (check_choice, check_conds_fit_model, check_distillations, check_forward_weight, check_inputs,
                          check_model, check_recurrence, check_steps, labelled)
 from .vibid import vibid_sampler
 
@@ -51,8 +51,7 @@ def check_sampling_settings(settings: GenerationSettings) -> None:
         check_forward_weight(settings.forward_weight)
         check_recurrence(settings.recurrence, settings.recurrence_ratio)
     if settings.spec.sampler == "mpd":
-        check_distillation("mpd_", settings.mpd.fraction, settings.mpd.iterations)
-        check_distillation("mpd_trf_", settings.mpd_trf.fraction, settings.mpd_trf.iterations, settings.mpd_trf.repeats)
+        check_distillations(settings.mpd, settings.mpd_trf)
     check_choice("scheduler", settings.scheduler, comfy.samplers.SCHEDULER_NAMES)
     check_steps(settings.steps)
 

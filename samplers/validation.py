@@ -109,6 +109,12 @@ def check_distillation(prefix: str, fraction: float, iterations: int, repeats: i
              f"final one; the authors use 3), got {repeats!r}")
 
 
+def check_distillations(mpd, mpd_trf) -> None:
+    """Both MPD loops' constants (settings.Distillation), named as the MPD SAMPLER's inputs."""
+    check_distillation("mpd_", mpd.fraction, mpd.iterations)
+    check_distillation("mpd_trf_", mpd_trf.fraction, mpd_trf.iterations, mpd_trf.repeats)
+
+
 def check_steps(steps: int) -> None:
     if steps < 1:
         fail("steps", f"must be >= 1, got {steps}")
