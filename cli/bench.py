@@ -153,11 +153,11 @@ def schedules(args) -> int:
     import comfy.utils
 
     from ..bench.runner import machine
-    from ..bench.schedules import SCHEDULE_RUNS, format_schedules, schedule_costs, schedule_memory
+    from ..bench.schedules import format_schedules, schedule_costs, schedule_memory
 
     comfy.utils.PROGRESS_BAR_ENABLED = False
     costs = schedule_costs(args.arch, args.width, args.height, args.frames, max(args.repeats, 1), args.seed)
-    memory = schedule_memory(modes=tuple(SCHEDULE_RUNS)) if args.full_size else None
+    memory = schedule_memory() if args.full_size else None
     size = f"{args.arch} SVD UNet, {args.width}x{args.height}x{args.frames}, median of {max(args.repeats, 1)}"
     for line in format_schedules(costs, memory, machine(), size):
         print(line)
