@@ -62,8 +62,14 @@ def install(server, pack_folder: str | None = None) -> bool:
                 or not isinstance(response, web.Response) or response.body is None:
             return response
         import nodes
-        listing = json.loads(response.body)
-        return web.json_response(filter_listing(listing, pack_folder, nodes.NODE_CLASS_MAPPINGS))
+        try:
+            listing = json.loads(response.body)
+            filtered = filter_listing(listing, pack_folder, nodes.NODE_CLASS_MAPPINGS) \
+                if isinstance(listing, dict) else listing
+        except (ValueError, TypeError, OSError) as e:  # a listing of another shape: leave it as the host made it
+            log.warning("svd_inbetween: template listing left unfiltered (%s)", e)
+            return response
+        return response if filtered is listing else web.json_response(filtered)
 
     try:
         app.middlewares.append(hide_unavailable_templates)

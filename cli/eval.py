@@ -7,7 +7,7 @@ import logging
 import os
 
 from ..attention_patch.modes import FUSED_MODES, MODES
-from .film import FILM_MODE
+from .film import FILM_MODE, multipliers
 from .run import add_generation_args, add_server_args
 
 log = logging.getLogger(__name__)
@@ -86,9 +86,14 @@ def variants(args):
         out = [parse_variant(s, VARIANT_KEYS, (*MODES, FILM_MODE)) for s in specs]
     except ValueError as e:
         raise SystemExit(f"svd-inbetween {e}") from None
-    if any(v.mode == FILM_MODE for v in out) and not args.film:
-        raise SystemExit(f"svd-inbetween eval: --mode {FILM_MODE} needs --film FILE (FILM weights for ComfyUI's "
-                         "FrameInterpolationModelLoader; never downloaded)")
+    if any(v.mode == FILM_MODE for v in out):
+        if not args.film:
+            raise SystemExit(f"svd-inbetween eval: --mode {FILM_MODE} needs --film FILE (FILM weights for ComfyUI's "
+                             "FrameInterpolationModelLoader; never downloaded)")
+        try:
+            multipliers(args.frames)
+        except ValueError as e:
+            raise SystemExit(f"svd-inbetween eval: --film: {e}") from None
     if len({v.label for v in out}) != len(out):
         raise SystemExit("svd-inbetween eval: the same --mode is given twice")
     return out
@@ -146,17 +151,13 @@ def client_generator(args, manifest, frames_dir: str):
         return prompt, nodes, model_dirs
 
     def film_prompt_for(run_args, variant):
-        from .film import FOLDER, film_prompt, multipliers
+        from .film import FOLDER, film_prompt
         from .run import model_value
         run_args.mode = None
         for k, v in variant.settings:
             setattr(run_args, k, v)
         svd, _, model_dirs = prompt_for_svd(run_args)
         size = settings_of(svd, ("width", "height", "fps", "frames"))
-        try:
-            multipliers(args.frames)
-        except ValueError as e:
-            raise SystemExit(f"svd-inbetween eval: {variant.label}: {e}") from None
         film_dirs: dict[str, str] = {}
         prompt = film_prompt(model_value(args.film, FOLDER, film_dirs), args.frames, size.get("fps", 7))
         fitted[variant.label] = (size["width"], size["height"])

@@ -4,7 +4,7 @@ ComfyUI 0.33+ ships FILM (comfy_extras/nodes_frame_interpolation.py: FrameInterp
 models/frame_interpolation/, FrameInterpolate). The row's prompt loads both keyframes (already fitted to the
 video size the way SVDInbetweenConditioning fits them), batches them and fills the frames between them with
 FrameInterpolate passes whose multipliers multiply to frames - 1 (the node allows 2..16 per pass; 25 frames =
-3 x 8). The weights file is the user's: never downloaded.
+12 x 2). The weights file is the user's: never downloaded.
 """
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ START_TITLE, END_TITLE = "Start frame", "End frame"
 
 
 def multipliers(frames: int) -> list[int]:
-    """Fewest FrameInterpolate multipliers (2..16 each) whose product is frames - 1, the largest first."""
+    """FrameInterpolate multipliers (2..16 each, the largest that leaves a splittable rest first) whose product is
+    frames - 1; one exists when no prime factor of frames - 1 exceeds 16."""
     def split(n: int) -> list[int] | None:
         if 2 <= n <= MAX_MULTIPLIER:
             return [n]

@@ -222,14 +222,24 @@ def _combo_options(spec: Any) -> list | None:
     return None
 
 
+# ComfyUI's own nodes the pack's prompts use that older hosts lack (FILM: cli/film.py, svd_inbetween_film)
+HOST_NODES_SINCE = {"FrameInterpolate": "0.33", "FrameInterpolationModelLoader": "0.33"}
+
+
 def check_against_server(prompt: dict, object_info: dict, skip_nodes: tuple[str, ...] = ()) -> list[str]:
     """What a server lacks to run `prompt`: node classes (pack not loaded) and model files."""
     problems = []
     missing = sorted({n["class_type"] for n in prompt.values()} - set(object_info))
     if missing:
         pack = [c for c in missing if c.startswith(PACK_PREFIX)]
-        hint = " (the svd_inbetween pack is not loaded there: install it in custom_nodes/ and check the " \
-               "server log for IMPORT FAILED)" if pack else " (install the custom nodes that provide them)"
+        if pack:
+            hint = " (the svd_inbetween pack is not loaded there: install it in custom_nodes/ and check the " \
+                   "server log for IMPORT FAILED)"
+        elif set(missing) <= set(HOST_NODES_SINCE):
+            hint = "".join(sorted({f" (ComfyUI {HOST_NODES_SINCE[c]} and later ship them: update that ComfyUI)"
+                                   for c in missing}))
+        else:
+            hint = " (install the custom nodes that provide them)"
         problems.append(f"missing node types {', '.join(missing)}{hint}")
         return problems
     for nid, node in prompt.items():

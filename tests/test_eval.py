@@ -224,3 +224,34 @@ def test_eval_scoring_outside_comfyui_uses_the_local_checkout(tmp_path):
     assert bad.returncode != 0
     assert "svd-inbetween eval: the ground truth is resized with ComfyUI's own resize" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+
+def test_film_multipliers_make_the_frame_count():
+    """FrameInterpolate passes (multiplier 2..16 each) whose product is frames - 1, wherever one exists (no prime
+    factor of frames - 1 over 16); otherwise a ValueError with counts that work."""
+    from svd_inbetween.cli.film import MAX_MULTIPLIER, film_prompt, multipliers
+
+    def largest_prime_factor(n: int) -> int:
+        p, last = 2, 1
+        while n > 1:
+            while n % p == 0:
+                n, last = n // p, p
+            p += 1
+        return last
+
+    assert multipliers(25) == [12, 2] and multipliers(5) == [4] and multipliers(17) == [16] and multipliers(3) == [2]
+    for frames in range(3, 400):
+        if largest_prime_factor(frames - 1) > MAX_MULTIPLIER:
+            with pytest.raises(ValueError, match=f"{frames} frames is not one"):
+                multipliers(frames)
+            continue
+        ms = multipliers(frames)
+        assert math.prod(ms) == frames - 1 and all(2 <= m <= MAX_MULTIPLIER for m in ms), (frames, ms)
+    for frames in (0, 1, 2):
+        with pytest.raises(ValueError):
+            multipliers(frames)
+    p = film_prompt("film.safetensors", 25, 7)
+    passes = [n for n in p.values() if n["class_type"] == "FrameInterpolate"]
+    assert [n["inputs"]["multiplier"] for n in passes] == [12, 2]
+    assert p["5"]["inputs"]["images"] == ["11", 0] and p["5"]["inputs"]["fps"] == 7.0

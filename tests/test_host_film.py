@@ -102,3 +102,25 @@ def test_eval_scores_film_next_to_trf_and_gi(server, tmp_path):
         assert "| film |" in f.read().replace("`", "")
     with pytest.raises(SystemExit, match="needs --film"):
         evaluate(build_parser().parse_args([*argv[:argv.index("--film")], "--mode", "film"]), stand_in_scorers())
+
+
+@pytest.mark.every_host
+def test_eval_film_refuses_what_the_host_cannot_run(server, tmp_path):
+    """Before any generation: a host without FrameInterpolate is named as such; on one with it, a frame count FILM
+    cannot make (frames - 1 no product of multipliers 2..16) is refused with examples of counts it can make."""
+    from api_cli import tiny_workflow
+    from svd_inbetween.cli import build_parser
+    from svd_inbetween.cli.eval import evaluate
+    from test_host_eval import ground_truth, stand_in_scorers
+    gt = str(tmp_path / "gt")
+    ground_truth(gt)
+    workflow = tiny_workflow(str(tmp_path / "tiny.json"), server.weights, steps=1, recurrence=0)
+    frames = "5" if not server.has_film else "24"  # 23 is prime
+    argv = ["eval", gt, "-o", str(tmp_path / "out"), "--workflow", workflow, "--server", server.url,
+            "--no-progress", "--frames", frames, "--window", frames, "--width", "64", "--height", "64",
+            "--max-pairs", "1", "--film", "tiny_film.safetensors", "--mode", "trf"]
+    expected = ("missing node types FrameInterpolate, FrameInterpolationModelLoader \\(ComfyUI 0.33 and later ship "
+                "them: update that ComfyUI\\)") if not server.has_film else "24 frames is not one"
+    with pytest.raises(SystemExit, match=expected) as e:
+        evaluate(build_parser().parse_args(argv), stand_in_scorers())
+    assert not os.path.exists(tmp_path / "out" / "videos"), "a clip was generated before the refusal"

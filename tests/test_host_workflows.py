@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from host import NODE_IDS, REPO
+from host import NODE_IDS, REPO, load_host_nodes
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 API_DIR = os.path.join(REPO, "workflows", "api")
@@ -43,13 +43,9 @@ def test_every_ui_workflow_has_an_api_twin():
 @pytest.mark.host
 def test_ui_workflows_describe_their_api_twins():
     from svd_inbetween.cli.comfy_session import ComfySession  # noqa: F401  (ComfyUI already importable)
-    import asyncio
-
     import nodes
     from ui_format import api_as_host_reads, definitions, ui_to_api
-    if "SVDInbetweenSampler" not in nodes.NODE_CLASS_MAPPINGS:
-        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-        assert asyncio.run(nodes.load_custom_node(REPO))
+    load_host_nodes()
     defs = definitions(nodes.NODE_CLASS_MAPPINGS)
     from svd_inbetween.templates import unavailable_templates
     hidden = {n + ".json" for n in unavailable_templates(nodes.NODE_CLASS_MAPPINGS)}
