@@ -156,14 +156,18 @@ def client_generator(args, manifest, frames_dir: str):
         run_args.mode = None
         for k, v in variant.settings:
             setattr(run_args, k, v)
-        svd, _, model_dirs = prompt_for_svd(run_args)
-        size = settings_of(svd, ("width", "height", "fps", "frames"))
+        svd, keyframe_ids, model_dirs = prompt_for_svd(run_args)
+        size = settings_of(svd, ("width", "height", "fps"))
+        if not all(isinstance(size.get(k), int) for k in ("width", "height")):
+            raise SystemExit(f"svd-inbetween eval: {variant.label}: the workflow sets no width and height the FILM "
+                             "row can fit its keyframes to (give --width and --height)")
         film_dirs: dict[str, str] = {}
-        prompt = film_prompt(model_value(args.film, FOLDER, film_dirs), args.frames, size.get("fps", 7))
-        fitted[variant.label] = (size["width"], size["height"])
+        prompt = film_prompt(model_value(args.film, FOLDER, film_dirs), args.frames, size.get("fps", 7), keyframe_ids)
+        # the size SVD's videos come out at: its latent is 1/8 of width x height
+        fitted[variant.label] = (size["width"] // 8 * 8, size["height"] // 8 * 8)
         prompt["svd_inbetween_eval_frames"] = {"class_type": "SaveImage", "inputs": {
             "images": frames_source(prompt), "filename_prefix": "svd_inbetween_eval/frames"}}
-        return prompt, ("1", "2"), {**model_dirs, **film_dirs}
+        return prompt, keyframe_ids, {**model_dirs, **film_dirs}
 
     def prompt_for_svd(run_args):
         try:

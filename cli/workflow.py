@@ -121,7 +121,20 @@ def apply_flags(prompt: dict, flags: dict[str, Any]) -> None:
             raise WorkflowError(f"--{flag.replace('_', '-')}: the workflow has no input it applies to ({wanted}); "
                                 "use --set NODE.input=VALUE")
         for nid, name in hits:
-            prompt[nid]["inputs"][name] = _like(prompt[nid]["inputs"][name], value)
+            scaled = value * interpolation_factor(prompt, nid) if flag == "fps" else value
+            prompt[nid]["inputs"][name] = _like(prompt[nid]["inputs"][name], scaled)
+
+
+def interpolation_factor(prompt: dict, nid: str) -> int:
+    """How many times the FrameInterpolate nodes feeding node `nid`'s images multiply its frame rate (1 if none):
+    --fps names the generated video's rate, and svd_inbetween_film's CreateVideo plays FILM's doubled frames."""
+    factor, link = 1, prompt[nid]["inputs"].get("images")
+    while isinstance(link, list) and prompt.get(str(link[0]), {}).get("class_type") == "FrameInterpolate":
+        inputs = prompt[str(link[0])]["inputs"]
+        if not isinstance(inputs.get("multiplier"), int):
+            break
+        factor, link = factor * inputs["multiplier"], inputs.get("images")
+    return factor
 
 
 def apply_models(prompt: dict, models: dict[str, str | None]) -> None:

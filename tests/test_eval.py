@@ -240,7 +240,8 @@ def test_film_multipliers_make_the_frame_count():
             p += 1
         return last
 
-    assert multipliers(25) == [12, 2] and multipliers(5) == [4] and multipliers(17) == [16] and multipliers(3) == [2]
+    assert multipliers(25) == [2, 2, 2, 3] and multipliers(5) == [2, 2] and multipliers(12) == [11]
+    assert multipliers(3) == [2] and multipliers(17) == [2, 2, 2, 2]
     for frames in range(3, 400):
         if largest_prime_factor(frames - 1) > MAX_MULTIPLIER:
             with pytest.raises(ValueError, match=f"{frames} frames is not one"):
@@ -251,7 +252,30 @@ def test_film_multipliers_make_the_frame_count():
     for frames in (0, 1, 2):
         with pytest.raises(ValueError):
             multipliers(frames)
-    p = film_prompt("film.safetensors", 25, 7)
+    p = film_prompt("film.safetensors", 25, 7, ("2", "3"))
     passes = [n for n in p.values() if n["class_type"] == "FrameInterpolate"]
-    assert [n["inputs"]["multiplier"] for n in passes] == [12, 2]
-    assert p["5"]["inputs"]["images"] == ["11", 0] and p["5"]["inputs"]["fps"] == 7.0
+    assert [n["inputs"]["multiplier"] for n in passes] == [2, 2, 2, 3]
+    assert [nid for nid, n in p.items() if n["class_type"] == "LoadImage"] == ["2", "3"]
+    assert p["film_video"]["inputs"]["images"] == ["film_pass_3", 0] and p["film_video"]["inputs"]["fps"] == 7.0
+
+
+def test_fps_flag_keeps_an_interpolated_video_at_its_speed():
+    """--fps is the generated video's rate: a CreateVideo fed by FrameInterpolate x2 (svd_inbetween_film) gets twice
+    it, other CreateVideos and the pack's fps input get it as given."""
+    import json
+
+    from svd_inbetween.cli.workflow import apply_flags, interpolation_factor
+    with open(os.path.join(os.path.dirname(__file__), "..", "workflows", "api", "svd_inbetween_film.json")) as f:
+        film = json.load(f)
+    with open(os.path.join(os.path.dirname(__file__), "..", "workflows", "api", "svd_inbetween_full.json")) as f:
+        full = json.load(f)
+    apply_flags(film, {"fps": 10})
+    apply_flags(full, {"fps": 10})
+    videos = [n for n in film.values() if n["class_type"] == "CreateVideo"]
+    assert [v["inputs"]["fps"] for v in videos] == [20.0]
+    assert [n["inputs"]["fps"] for n in film.values() if n["class_type"] == "SVDInbetweenConditioning"] == [10]
+    assert [n["inputs"]["fps"] for n in full.values() if n["class_type"] == "CreateVideo"] == [10.0]
+    p = {"1": {"class_type": "FrameInterpolate", "inputs": {"images": ["2", 0], "multiplier": 3}},
+         "2": {"class_type": "FrameInterpolate", "inputs": {"images": ["4", 0], "multiplier": 4}},
+         "3": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 7.0}}}
+    assert interpolation_factor(p, "3") == 12

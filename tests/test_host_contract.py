@@ -172,8 +172,8 @@ CONTRACTS = [
              params=("prompt_id", "prompt"), check=_is_async),
     # --- the server: the template listing the pack filters (tests/test_host_film.py runs it on a real server)
     Contract("server:PromptServer", "__init__.py / templates.py install (PromptServer.instance.app.middlewares)",
-             check=lambda cls: None if "PromptServer.instance = self" in inspect.getsource(cls)
-             else _sets("app")(cls) or "no longer sets PromptServer.instance"),
+             check=lambda cls: _sets("app")(cls) or (None if "PromptServer.instance = self" in inspect.getsource(cls)
+                                                     else "no longer sets PromptServer.instance")),
     Contract("app.custom_node_manager:CustomNodeManager", "templates.py (GET /workflow_templates: {pack: [names]})",
              attrs=("add_routes",),
              check=lambda cls: None if '"/workflow_templates"' in inspect.getsource(cls)
