@@ -23,12 +23,23 @@ def register_model_folder() -> None:
     folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, {".safetensors"})
 
 
+def _hide_templates_this_host_cannot_run() -> None:
+    """svd_inbetween_film needs the host's FrameInterpolate (0.33+): see templates.py."""
+    import sys
+    # only the running server has one (in-process runs load nodes without it); never import it here
+    server = getattr(getattr(sys.modules.get("server"), "PromptServer", None), "instance", None)
+    if server is not None:
+        from .templates import install
+        install(server)
+
+
 async def comfy_entrypoint():
     from comfy_api.latest import ComfyExtension
 
     from .nodes import node_list
 
     register_model_folder()
+    _hide_templates_this_host_cannot_run()
 
     class SVDInbetweenExtension(ComfyExtension):
         async def get_node_list(self):

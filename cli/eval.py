@@ -7,6 +7,7 @@ import logging
 import os
 
 from ..attention_patch.modes import FUSED_MODES, MODES
+from .film import FILM_MODE, multipliers
 from .run import add_generation_args, add_server_args
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,12 @@ def add_parser(sub) -> None:
     p.add_argument("--mode", action="append", metavar="MODE[:key=value,...]",
                    help=f"variant to evaluate, repeatable: one of {', '.join(MODES)}, optionally with settings, e.g. "
                         "'gi:recurrence=0,cfg=2.5' or 'mpd:steps=25,cfg=1' (the vibid and mpd modes' settings) "
-                        f"(default: the fused modes the given weights allow, {', '.join(FUSED_MODES)})")
+                        f"(default: the fused modes the given weights allow, {', '.join(FUSED_MODES)}); "
+                        f"'{FILM_MODE}' is the FILM baseline (needs --film)")
+    p.add_argument("--film", metavar="FILE", help="FILM weights for ComfyUI's FrameInterpolationModelLoader (ComfyUI "
+                   "0.33+; e.g. film_net_fp16.safetensors): adds the FILM baseline row, the paper's Table 1 column. "
+                   "A local file (its folder is given to a private server) or a name in the server's "
+                   "models/frame_interpolation; never downloaded")
     add_generation_args(p, seed_help="the same seed for every pair and mode; recorded in clips.csv",
                         resize_help="how keyframes (and so the ground truth) are fitted to width x height")
     m = p.add_argument_group("metrics (weights are never downloaded: pass local files)")
@@ -74,10 +80,20 @@ def metric_names(args) -> set[str]:
 def variants(args):
     from ..evaluation.harness import parse_variant
     specs = args.mode or (list(FUSED_MODES) if args.backward else ["gi_no_finetune", "trf"])
+    if args.film and FILM_MODE not in [s.partition(":")[0] for s in specs]:
+        specs = [FILM_MODE, *specs]  # the baseline first, as in the paper's table
     try:
-        out = [parse_variant(s, VARIANT_KEYS, MODES) for s in specs]
+        out = [parse_variant(s, VARIANT_KEYS, (*MODES, FILM_MODE)) for s in specs]
     except ValueError as e:
         raise SystemExit(f"svd-inbetween {e}") from None
+    if any(v.mode == FILM_MODE for v in out):
+        if not args.film:
+            raise SystemExit(f"svd-inbetween eval: --mode {FILM_MODE} needs --film FILE (FILM weights for ComfyUI's "
+                             "FrameInterpolationModelLoader; never downloaded)")
+        try:
+            multipliers(args.frames)
+        except ValueError as e:
+            raise SystemExit(f"svd-inbetween eval: --film: {e}") from None
     if len({v.label for v in out}) != len(out):
         raise SystemExit("svd-inbetween eval: the same --mode is given twice")
     return out
@@ -121,6 +137,8 @@ def client_generator(args, manifest, frames_dir: str):
 
     def prompt_for(variant):
         run_args = argparse.Namespace(**vars(args))
+        if variant.mode == FILM_MODE:
+            return film_prompt_for(run_args, variant)
         run_args.mode = variant.mode
         for k, v in variant.settings:
             setattr(run_args, k, v)
@@ -131,6 +149,34 @@ def client_generator(args, manifest, frames_dir: str):
         prompt["svd_inbetween_eval_frames"] = {"class_type": "SaveImage", "inputs": {
             "images": frames_source(prompt), "filename_prefix": "svd_inbetween_eval/frames"}}
         return prompt, nodes, model_dirs
+
+    def film_prompt_for(run_args, variant):
+        from .film import FOLDER, film_prompt
+        from .run import model_value
+        run_args.mode = None
+        for k, v in variant.settings:
+            setattr(run_args, k, v)
+        svd, keyframe_ids, model_dirs = prompt_for_svd(run_args)
+        size = settings_of(svd, ("width", "height", "fps"))
+        if not all(isinstance(size.get(k), int) for k in ("width", "height")):
+            raise SystemExit(f"svd-inbetween eval: {variant.label}: the workflow sets no width and height the FILM "
+                             "row can fit its keyframes to (give --width and --height)")
+        film_dirs: dict[str, str] = {}
+        prompt = film_prompt(model_value(args.film, FOLDER, film_dirs), args.frames, size.get("fps", 7), keyframe_ids)
+        # the size SVD's videos come out at: its latent is 1/8 of width x height
+        fitted[variant.label] = (size["width"] // 8 * 8, size["height"] // 8 * 8)
+        prompt["svd_inbetween_eval_frames"] = {"class_type": "SaveImage", "inputs": {
+            "images": frames_source(prompt), "filename_prefix": "svd_inbetween_eval/frames"}}
+        return prompt, keyframe_ids, {**model_dirs, **film_dirs}
+
+    def prompt_for_svd(run_args):
+        try:
+            return build_prompt(run_args)
+        except WorkflowError as e:
+            raise SystemExit(f"svd-inbetween eval: {e}") from None
+
+    fitted: dict[str, tuple[int, int]] = {}  # FILM rows get keyframes fitted as the pack's conditioning fits them
+    fit = fit_like_conditioning(args)
 
     def prepare(todo) -> None:
         keydir = os.path.join(args.output, "keyframes")
@@ -143,9 +189,11 @@ def client_generator(args, manifest, frames_dir: str):
             for pair, v, keys in todo:
                 if v != variant:
                     continue
-                paths = [os.path.join(keydir, f"{pair.slug}_{tag}.png") for tag in ("start", "end")]
+                size = fitted.get(variant.label)
+                paths = [os.path.join(keydir, f"{pair.slug}_{tag}{'_' + variant.slug if size else ''}.png")
+                         for tag in ("start", "end")]
                 for path, frame in zip(paths, keys):
-                    Image.fromarray(frame).save(path)
+                    Image.fromarray(fit(frame[None], *size)[0] if size else frame).save(path)
                 pairs.append(RunPair(*paths, os.path.join(args.output, "videos", variant.slug, pair.slug + ".mp4")))
                 done[(pair.id, variant.label)] = len(jobs) + len(pairs) - 1
             batch = build_jobs(pairs, prompt, nodes, manifest)

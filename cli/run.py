@@ -73,7 +73,7 @@ def add_generation_args(p: argparse.ArgumentParser, seed_help: str | None = None
     w.add_argument("--forward-weight", type=float, help="fusion weight of the forward direction (shipped: 0.5)")
     w.add_argument("--execution", choices=EXECUTIONS, help="auto, batched, sequential or lowvram (shipped: auto)")
     w.add_argument("--motion-bucket-id", type=int, help="SVD motion bucket (shipped: 127)")
-    w.add_argument("--fps", type=int, help="frame-rate id and video fps (shipped: 7)")
+    w.add_argument("--fps", type=int, help="frame-rate id and video fps (shipped: 7); a video whose frames FrameInterpolate multiplied plays at that many times this rate (svd_inbetween_film: 2x)")
     w.add_argument("--resize", choices=RESIZE_MODES, help=resize_help or "how keyframes fit the size (shipped: crop)")
 
 

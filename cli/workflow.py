@@ -121,7 +121,20 @@ def apply_flags(prompt: dict, flags: dict[str, Any]) -> None:
             raise WorkflowError(f"--{flag.replace('_', '-')}: the workflow has no input it applies to ({wanted}); "
                                 "use --set NODE.input=VALUE")
         for nid, name in hits:
-            prompt[nid]["inputs"][name] = _like(prompt[nid]["inputs"][name], value)
+            scaled = value * interpolation_factor(prompt, nid) if flag == "fps" else value
+            prompt[nid]["inputs"][name] = _like(prompt[nid]["inputs"][name], scaled)
+
+
+def interpolation_factor(prompt: dict, nid: str) -> int:
+    """How many times the FrameInterpolate nodes feeding node `nid`'s images multiply its frame rate (1 if none):
+    --fps names the generated video's rate, and svd_inbetween_film's CreateVideo plays FILM's doubled frames."""
+    factor, link = 1, prompt[nid]["inputs"].get("images")
+    while isinstance(link, list) and prompt.get(str(link[0]), {}).get("class_type") == "FrameInterpolate":
+        inputs = prompt[str(link[0])]["inputs"]
+        if not isinstance(inputs.get("multiplier"), int):
+            break
+        factor, link = factor * inputs["multiplier"], inputs.get("images")
+    return factor
 
 
 def apply_models(prompt: dict, models: dict[str, str | None]) -> None:
@@ -222,14 +235,24 @@ def _combo_options(spec: Any) -> list | None:
     return None
 
 
+# ComfyUI's own nodes the pack's prompts use that older hosts lack (FILM: cli/film.py, svd_inbetween_film)
+HOST_NODES_SINCE = {"FrameInterpolate": "0.33", "FrameInterpolationModelLoader": "0.33"}
+
+
 def check_against_server(prompt: dict, object_info: dict, skip_nodes: tuple[str, ...] = ()) -> list[str]:
     """What a server lacks to run `prompt`: node classes (pack not loaded) and model files."""
     problems = []
     missing = sorted({n["class_type"] for n in prompt.values()} - set(object_info))
     if missing:
         pack = [c for c in missing if c.startswith(PACK_PREFIX)]
-        hint = " (the svd_inbetween pack is not loaded there: install it in custom_nodes/ and check the " \
-               "server log for IMPORT FAILED)" if pack else " (install the custom nodes that provide them)"
+        if pack:
+            hint = " (the svd_inbetween pack is not loaded there: install it in custom_nodes/ and check the " \
+                   "server log for IMPORT FAILED)"
+        elif set(missing) <= set(HOST_NODES_SINCE):
+            hint = "".join(sorted({f" (ComfyUI {HOST_NODES_SINCE[c]} and later ship them: update that ComfyUI)"
+                                   for c in missing}))
+        else:
+            hint = " (install the custom nodes that provide them)"
         problems.append(f"missing node types {', '.join(missing)}{hint}")
         return problems
     for nid, node in prompt.items():

@@ -19,7 +19,7 @@ from host import setup_comfy  # noqa: E402
 TINY = dict(width=64, height=64, frames=5, steps=2, recurrence=1)
 
 
-def tiny_prompt(api: dict, weights_name: str) -> dict:
+def tiny_prompt(api: dict, weights_name: str, film: str | None = None) -> dict:
     """A shipped API workflow with tiny models, tiny sizes and few steps."""
     p = json.loads(json.dumps(api))
     for node in p.values():
@@ -31,6 +31,8 @@ def tiny_prompt(api: dict, weights_name: str) -> dict:
             inputs.update(width=TINY["width"], height=TINY["height"], video_frames=TINY["frames"])
         elif ct == "SVDInbetweenLoadBackwardWeights":
             inputs["weights"] = weights_name
+        elif ct == "FrameInterpolationModelLoader" and film:
+            inputs["model_name"] = film
         elif ct == "SVDInbetweenChain":
             # 3-frame segments: the shipped chain (A, B, A) then has TINY["frames"] frames
             inputs.update(width=TINY["width"], height=TINY["height"], frames="3")
@@ -41,8 +43,9 @@ def tiny_prompt(api: dict, weights_name: str) -> dict:
     return p
 
 
-def prepare_base(base: str) -> str:
-    """Input images and a tiny backward-weights file in a ComfyUI base directory."""
+def prepare_base(base: str, film: bool = False) -> str:
+    """Input images and a tiny backward-weights file in a ComfyUI base directory; with `film`, also a random FILM
+    file (tiny_models.TINY_FILM) in models/frame_interpolation."""
     import numpy as np
     from PIL import Image
     os.makedirs(os.path.join(base, "input"), exist_ok=True)
@@ -57,6 +60,8 @@ def prepare_base(base: str) -> str:
     name = "tiny_backward.safetensors"
     save_backward_weights(os.path.join(folder, name), random_backward_weights(tiny_models.tiny_svd_model()),
                           "absolute", {"source": "test"})
+    if film:
+        tiny_models.write_tiny_film(os.path.join(base, "models", "frame_interpolation"))
     return name
 
 
@@ -70,13 +75,19 @@ def video_info(path: str) -> dict:
 def job_workflows(job: dict) -> dict:
     from svd_inbetween.cli.comfy_session import ComfySession
     base = job["base"]
-    weights = prepare_base(base)
+    import tiny_models
+    weights = prepare_base(base, film=tiny_models.host_has_film())
     session = ComfySession(base_directory=base, cpu=True, extra_custom_nodes=(os.path.join(HERE, "tiny_pack"),))
+    import nodes
+    from svd_inbetween.templates import unavailable_templates
+    hidden = set(unavailable_templates(nodes.NODE_CLASS_MAPPINGS))  # what this host does not list
     results = {}
     api_dir = os.path.join(REPO, "workflows", "api")
     for fname in sorted(os.listdir(api_dir)):
+        if fname[:-len(".json")] in hidden:
+            continue
         with open(os.path.join(api_dir, fname)) as f:
-            prompt = tiny_prompt(json.load(f), weights)
+            prompt = tiny_prompt(json.load(f), weights, tiny_models.TINY_FILM)
         res = session.run(prompt)
         videos = []
         for out in res.outputs.values():

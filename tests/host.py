@@ -39,3 +39,14 @@ def setup_comfy() -> None:
     # first when that folder's name is no Python identifier (a clone in "ci-main"), and a first `import
     # nodes` after that would find this pack's nodes/ package.
     import nodes  # noqa: F401
+
+
+def load_host_nodes() -> dict:
+    """ComfyUI's extra nodes and this pack loaded in this process (once); returns NODE_CLASS_MAPPINGS."""
+    import asyncio
+
+    import nodes
+    if "SVDInbetweenSampler" not in nodes.NODE_CLASS_MAPPINGS:
+        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+        assert asyncio.run(nodes.load_custom_node(REPO))
+    return nodes.NODE_CLASS_MAPPINGS

@@ -174,12 +174,13 @@ def assert_png(path: str, min_bytes: int = 20_000) -> None:
 def ui(tmp_path_factory):
     """(server, page, base, weights name, /object_info, frontend version) with the UI open on a live server."""
     chromium = _chromium()
+    import tiny_models
     from comfy_job import prepare_base
     from playwright.sync_api import sync_playwright
     from server_harness import ComfyServer
 
     base = str(tmp_path_factory.mktemp("comfy_base"))
-    weights = prepare_base(base)
+    weights = prepare_base(base, film=tiny_models.host_has_film())
     with ComfyServer(base) as server, sync_playwright() as pw:
         for key, value in UI_SETTINGS.items():
             res = server.post(f"/settings/{key}", value)
@@ -212,6 +213,14 @@ def closed_dialogs(ui):
     page = ui[1]
     bui.close_templates(page)
     bui.dismiss_errors(page)
+
+
+def listed_templates(info: dict) -> list[str]:
+    """The pack's templates this host lists: svd_inbetween_film only where it has FrameInterpolate (templates.py)."""
+    from svd_inbetween.templates import unavailable_templates
+    hidden = set(unavailable_templates(info, UI_DIR))
+    assert hidden <= {"svd_inbetween_film"}, hidden
+    return [n for n in workflow_names(UI_DIR) if n not in hidden]
 
 
 def pack_nodes(info: dict) -> dict:
@@ -290,8 +299,8 @@ def test_node_help_panel_shows_the_help_page(ui, tmp_path):
 
 
 def test_template_browser_lists_every_template_with_its_thumbnail(ui, tmp_path):
-    server, page, _, _, _, version = ui
-    names = workflow_names(UI_DIR)
+    server, page, _, _, info, version = ui
+    names = listed_templates(info)
     templates = server.get("/api/workflow_templates")
     assert sorted(templates.get(MODULE, [])) == names, templates
     thumbs: dict[str, int] = {}
@@ -426,19 +435,20 @@ def assert_vue_widgets_show_their_values(page, name: str, ui_json: dict, info: d
     assert not wrong, f"{name}: widgets not shown with their value: {wrong}"
 
 
-def graph_templates(version) -> list[str]:
+def graph_templates(info: dict, version) -> list[str]:
     """Templates opened as node graphs: all of them, except the app on frontends with an app mode."""
-    return [n for n in workflow_names(UI_DIR) if not (n.endswith(".app") and version >= LINEAR_MODE)]
+    return [n for n in listed_templates(info) if not (n.endswith(".app") and version >= LINEAR_MODE)]
 
 
 def test_shipped_workflows_load_from_template_browser_and_run(ui, tmp_path):
     from comfy_job import tiny_prompt
+    from tiny_models import TINY_FILM
 
     server, page, base, weights, info, version = ui
     shots = tmp_path / "screenshots"
     shots.mkdir()
     thumbs_dir = os.environ.get("SVD_INBETWEEN_THUMBNAIL_DIR")
-    for name in graph_templates(version):
+    for name in graph_templates(info, version):
         ui_json, api = load_workflow(UI_DIR, name), load_workflow(API_DIR, name)
         bui.open_template(page, MODULE, name)
         page.wait_for_function("(n) => app.graph.nodes.length === n", arg=len(ui_json["nodes"]), timeout=30_000)
@@ -461,7 +471,7 @@ def test_shipped_workflows_load_from_template_browser_and_run(ui, tmp_path):
         if thumbs_dir:
             bui.thumbnail(page, str(shots / f"{name}_thumb.png"), os.path.join(thumbs_dir, f"{name}.jpg"))
 
-        want = tiny_prompt(api, weights)
+        want = tiny_prompt(api, weights, TINY_FILM)
         ids = swap_in_tiny_models(page, api, want)
         expected = {ids.get(nid, nid): {"class_type": n["class_type"],
                                         "inputs": {k: [ids.get(v[0], v[0]), v[1]] if isinstance(v, list) else v

@@ -224,3 +224,58 @@ def test_eval_scoring_outside_comfyui_uses_the_local_checkout(tmp_path):
     assert bad.returncode != 0
     assert "svd-inbetween eval: the ground truth is resized with ComfyUI's own resize" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+
+def test_film_multipliers_make_the_frame_count():
+    """FrameInterpolate passes (multiplier 2..16 each) whose product is frames - 1, wherever one exists (no prime
+    factor of frames - 1 over 16); otherwise a ValueError with counts that work."""
+    from svd_inbetween.cli.film import MAX_MULTIPLIER, film_prompt, multipliers
+
+    def largest_prime_factor(n: int) -> int:
+        p, last = 2, 1
+        while n > 1:
+            while n % p == 0:
+                n, last = n // p, p
+            p += 1
+        return last
+
+    assert multipliers(25) == [2, 2, 2, 3] and multipliers(5) == [2, 2] and multipliers(12) == [11]
+    assert multipliers(3) == [2] and multipliers(17) == [2, 2, 2, 2]
+    for frames in range(3, 400):
+        if largest_prime_factor(frames - 1) > MAX_MULTIPLIER:
+            with pytest.raises(ValueError, match=f"{frames} frames is not one"):
+                multipliers(frames)
+            continue
+        ms = multipliers(frames)
+        assert math.prod(ms) == frames - 1 and all(2 <= m <= MAX_MULTIPLIER for m in ms), (frames, ms)
+    for frames in (0, 1, 2):
+        with pytest.raises(ValueError):
+            multipliers(frames)
+    p = film_prompt("film.safetensors", 25, 7, ("2", "3"))
+    passes = [n for n in p.values() if n["class_type"] == "FrameInterpolate"]
+    assert [n["inputs"]["multiplier"] for n in passes] == [2, 2, 2, 3]
+    assert [nid for nid, n in p.items() if n["class_type"] == "LoadImage"] == ["2", "3"]
+    assert p["film_video"]["inputs"]["images"] == ["film_pass_3", 0] and p["film_video"]["inputs"]["fps"] == 7.0
+
+
+def test_fps_flag_keeps_an_interpolated_video_at_its_speed():
+    """--fps is the generated video's rate: a CreateVideo fed by FrameInterpolate x2 (svd_inbetween_film) gets twice
+    it, other CreateVideos and the pack's fps input get it as given."""
+    import json
+
+    from svd_inbetween.cli.workflow import apply_flags, interpolation_factor
+    with open(os.path.join(os.path.dirname(__file__), "..", "workflows", "api", "svd_inbetween_film.json")) as f:
+        film = json.load(f)
+    with open(os.path.join(os.path.dirname(__file__), "..", "workflows", "api", "svd_inbetween_full.json")) as f:
+        full = json.load(f)
+    apply_flags(film, {"fps": 10})
+    apply_flags(full, {"fps": 10})
+    videos = [n for n in film.values() if n["class_type"] == "CreateVideo"]
+    assert [v["inputs"]["fps"] for v in videos] == [20.0]
+    assert [n["inputs"]["fps"] for n in film.values() if n["class_type"] == "SVDInbetweenConditioning"] == [10]
+    assert [n["inputs"]["fps"] for n in full.values() if n["class_type"] == "CreateVideo"] == [10.0]
+    p = {"1": {"class_type": "FrameInterpolate", "inputs": {"images": ["2", 0], "multiplier": 3}},
+         "2": {"class_type": "FrameInterpolate", "inputs": {"images": ["4", 0], "multiplier": 4}},
+         "3": {"class_type": "CreateVideo", "inputs": {"images": ["1", 0], "fps": 7.0}}}
+    assert interpolation_factor(p, "3") == 12

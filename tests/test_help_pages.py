@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from host import REPO
+from host import REPO, load_host_nodes
 
 pytestmark = pytest.mark.host
 
@@ -115,12 +115,8 @@ def test_quoted_error_messages_exist_in_the_code():
 
 
 def test_the_host_serves_the_pages_from_web_directory():
-    import asyncio
-
     import nodes
-    if "SVDInbetweenSampler" not in nodes.NODE_CLASS_MAPPINGS:
-        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-        assert asyncio.run(nodes.load_custom_node(REPO))
+    load_host_nodes()
     web = [d for d in nodes.EXTENSION_WEB_DIRS.values() if os.path.realpath(d) == os.path.realpath(REPO + "/web")]
     assert web, nodes.EXTENSION_WEB_DIRS
     assert os.path.isfile(os.path.join(web[0], "docs", "SVDInbetweenSampler.md"))

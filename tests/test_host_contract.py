@@ -170,6 +170,14 @@ CONTRACTS = [
     Contract("execution:CacheType", "cli/comfy_session.py new_prompt_executor", attrs=("CLASSIC",)),
     Contract("execution:validate_prompt", "cli/comfy_session.py ComfySession.run",
              params=("prompt_id", "prompt"), check=_is_async),
+    # --- the server: the template listing the pack filters (tests/test_host_film.py runs it on a real server)
+    Contract("server:PromptServer", "__init__.py / templates.py install (PromptServer.instance.app.middlewares)",
+             check=lambda cls: _sets("app")(cls) or (None if "PromptServer.instance = self" in inspect.getsource(cls)
+                                                     else "no longer sets PromptServer.instance")),
+    Contract("app.custom_node_manager:CustomNodeManager", "templates.py (GET /workflow_templates: {pack: [names]})",
+             attrs=("add_routes",),
+             check=lambda cls: None if '"/workflow_templates"' in inspect.getsource(cls)
+             else "no longer serves /workflow_templates"),
 ]
 
 
@@ -268,3 +276,26 @@ def test_multigpu_clones_key_when_host_has_multigpu():
         (f"ComfyUI {_version()}: calc_cond_batch no longer dispatches multi-GPU on model_options"
          f"[{MULTIGPU_CLONES_KEY!r}]; samplers/guider.py SVDInbetweenGuider._unet must learn the new way to keep "
          "forward and backward chunks together")
+
+
+def test_frame_interpolation_nodes_or_film_template_hidden():
+    """templates.py / cli/film.py / workflows/svd_inbetween_film.json use the host's FILM nodes (0.33+):
+    FrameInterpolationModelLoader(model_name from folder 'frame_interpolation') and FrameInterpolate(interp_model,
+    images, multiplier 2..16). A host without them must list no FILM template: templates.py hides it."""
+    from host import load_host_nodes
+    from svd_inbetween.cli.film import FOLDER, MAX_MULTIPLIER
+    from svd_inbetween.templates import unavailable_templates
+    where = f"ComfyUI {_version()}"
+    known = load_host_nodes()
+    if "FrameInterpolate" not in known:
+        assert unavailable_templates(known) == ["svd_inbetween_film"], \
+            f"{where} has no FrameInterpolate: only svd_inbetween_film may be hidden (templates.py)"
+        return
+    import folder_paths
+    assert FOLDER in folder_paths.folder_names_and_paths, f"{where}: no models/{FOLDER} folder (cli/film.py)"
+    loader = known["FrameInterpolationModelLoader"].INPUT_TYPES()["required"]
+    assert "model_name" in loader, f"{where}: FrameInterpolationModelLoader lost model_name (cli/film.py)"
+    inputs = known["FrameInterpolate"].INPUT_TYPES()["required"]
+    assert {"interp_model", "images", "multiplier"} <= set(inputs), f"{where}: FrameInterpolate inputs {list(inputs)}"
+    assert inputs["multiplier"][1]["max"] >= MAX_MULTIPLIER, f"{where}: FrameInterpolate multiplier max changed"
+    assert unavailable_templates(known) == [], f"{where}: a shipped template names a node this host lacks"

@@ -64,3 +64,32 @@ def tiny_vae(seed: int = 2):
     template = AutoencoderKL(**VAE_CONFIG["params"])
     init_random(template, seed, std=0.05)
     return comfy.sd.VAE(sd=template.state_dict(), config=VAE_CONFIG)
+
+
+TINY_FILM = "tiny_film.safetensors"
+
+
+def host_has_film() -> bool:
+    """ComfyUI 0.33+ ships FILM (comfy_extras/frame_interpolation_models/film_net.py)."""
+    import importlib.util
+    try:
+        return importlib.util.find_spec("comfy_extras.frame_interpolation_models.film_net") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def write_tiny_film(folder: str, seed: int = 3) -> str:
+    """A random FILM file that the host's FrameInterpolationModelLoader detects and loads: ComfyUI's own FILMNet
+    class at the only size that loader builds (FILMNet() with its defaults, 34M parameters; a smaller config would
+    not load), weights from a seeded generator, fp16 (69 MB, written at test time). Returns its file name."""
+    import torch
+    from comfy_extras.frame_interpolation_models.film_net import FILMNet
+    from safetensors.torch import save_file
+    g = torch.Generator().manual_seed(seed)
+    shapes = {k: v.shape for k, v in FILMNet().state_dict().items()}
+    # small weights, zero biases: the flows stay small, the output a blend of the keyframes
+    sd = {k: (torch.zeros(s) if k.endswith("bias") else torch.randn(s, generator=g) * 0.02).half()
+          for k, s in shapes.items()}
+    os.makedirs(folder, exist_ok=True)
+    save_file(sd, os.path.join(folder, TINY_FILM))
+    return TINY_FILM

@@ -32,6 +32,7 @@ from svd_inbetween.cli.convert import default_file_name  # noqa: E402
 CKPT = "svd_xt.safetensors"
 # what README's `svd-inbetween convert ... -o ComfyUI/models/svd_inbetween/ --base ... --fp16` writes
 BACKWARD = default_file_name(delta=True, fp16=True)
+FILM = "film_net_fp16.safetensors"
 REPOSITORY = "https://github.com/svd-inbetween/ComfyUI-SVD-Inbetween"
 # node properties.models: the frontend's missing-models list shows each file's folder and source
 MODEL_SOURCES = {
@@ -41,6 +42,10 @@ MODEL_SOURCES = {
     # no direct file: the README says where the authors' release is and how to convert it
     "SVDInbetweenLoadBackwardWeights": [{
         "name": BACKWARD, "directory": "svd_inbetween", "url": REPOSITORY + "#backward-motion-weights"}],
+    # the file ComfyUI's own "Frame Interpolation" blueprint names (0.33)
+    "FrameInterpolationModelLoader": [{
+        "name": FILM, "directory": "frame_interpolation",
+        "url": "https://huggingface.co/Comfy-Org/frame_interpolation/resolve/main/frame_interpolation/" + FILM}],
 }
 
 
@@ -156,6 +161,19 @@ def keyframe_chain():
     return g
 
 
+def film():
+    """The full method, then the host's FILM (FrameInterpolate, ComfyUI 0.33+) doubles the frame rate: 25 SVD frames
+    become 49 at 14 fps, the same 3.5 s. Listed only by hosts that have FrameInterpolate (templates.py)."""
+    g = full()
+    g["14"] = {"class_type": "FrameInterpolationModelLoader", "inputs": {"model_name": FILM}}
+    g["15"] = {"class_type": "FrameInterpolate", "inputs": {"interp_model": ["14", 0], "images": ["7", 0],
+                                                            "multiplier": 2},
+               "_meta": {"title": "FILM: double the frame rate"}}
+    g["8"]["inputs"].update(images=["15", 0], fps=14.0)
+    g["9"]["inputs"]["filename_prefix"] = "video/svd_inbetween_film"
+    return g
+
+
 def app():
     """The full method as an app (frontend 1.49's App view): start and end image and a seed in, a video out."""
     g = full()
@@ -169,7 +187,8 @@ APP_EXTRA = {"linearMode": True, "linearData": {"inputs": [[2, "image"], [3, "im
 
 WORKFLOWS = {"svd_inbetween_full": full, "svd_inbetween_custom_advanced": custom_advanced,
              "svd_inbetween_vibid": vibid, "svd_inbetween_vibid_custom_advanced": vibid_custom_advanced,
-             "svd_inbetween_mpd": mpd, "svd_inbetween_keyframe_chain": keyframe_chain, "svd_inbetween.app": app}
+             "svd_inbetween_mpd": mpd, "svd_inbetween_keyframe_chain": keyframe_chain, "svd_inbetween.app": app,
+             "svd_inbetween_film": film}
 EXTRA = {"svd_inbetween.app": APP_EXTRA}
 # the app lists widgets by label: both image widgets would read "image"
 LABELS = {"svd_inbetween.app": {"2": {"image": "Start frame"}, "3": {"image": "End frame"}}}
