@@ -36,12 +36,9 @@ def unavailable_templates(known: Container[str], folder: str = WORKFLOWS) -> lis
             if f.endswith(".json") and any(t not in known for t in template_nodes(os.path.join(folder, f)))]
 
 
-def filter_listing(listing: dict, pack_folder: str, known: Container[str], folder: str = WORKFLOWS) -> dict:
-    """The host's {pack folder: [template names]} without this pack's templates that `known` cannot run."""
-    if pack_folder not in listing:
-        return listing
-    hidden = set(unavailable_templates(known, folder))
-    if not hidden:
+def filter_listing(listing: dict, pack_folder: str, hidden: Container[str]) -> dict:
+    """The host's {pack folder: [template names]} without this pack's `hidden` templates (unavailable_templates)."""
+    if pack_folder not in listing or not any(n in hidden for n in listing[pack_folder]):
         return listing
     return {**listing, pack_folder: [n for n in listing[pack_folder] if n not in hidden]}
 
@@ -55,6 +52,8 @@ def install(server, pack_folder: str | None = None) -> bool:
         return False
     pack_folder = pack_folder or os.path.basename(os.path.dirname(os.path.abspath(__file__)))
 
+    hidden: list[set[str]] = []  # this pack's unrunnable templates, worked out once: the nodes are loaded by then
+
     @web.middleware
     async def hide_unavailable_templates(request, handler):
         response = await handler(request)
@@ -64,8 +63,9 @@ def install(server, pack_folder: str | None = None) -> bool:
         import nodes
         try:
             listing = json.loads(response.body)
-            filtered = filter_listing(listing, pack_folder, nodes.NODE_CLASS_MAPPINGS) \
-                if isinstance(listing, dict) else listing
+            if not hidden:
+                hidden.append(set(unavailable_templates(nodes.NODE_CLASS_MAPPINGS)))
+            filtered = filter_listing(listing, pack_folder, hidden[0]) if isinstance(listing, dict) else listing
         except (ValueError, TypeError, OSError) as e:  # a listing of another shape: leave it as the host made it
             log.warning("svd_inbetween: template listing left unfiltered (%s)", e)
             return response

@@ -140,23 +140,14 @@ def client_generator(args, manifest, frames_dir: str):
         if variant.mode == FILM_MODE:
             return film_prompt_for(run_args, variant)
         run_args.mode = variant.mode
-        for k, v in variant.settings:
-            setattr(run_args, k, v)
-        try:
-            prompt, nodes, model_dirs = build_prompt(run_args)
-        except WorkflowError as e:
-            raise SystemExit(f"svd-inbetween eval: {variant.label}: {e}") from None
-        prompt["svd_inbetween_eval_frames"] = {"class_type": "SaveImage", "inputs": {
-            "images": frames_source(prompt), "filename_prefix": "svd_inbetween_eval/frames"}}
-        return prompt, nodes, model_dirs
+        prompt, nodes, model_dirs = prompt_for_svd(run_args, variant)
+        return with_frames_saved(prompt), nodes, model_dirs
 
     def film_prompt_for(run_args, variant):
         from .film import FOLDER, film_prompt
         from .run import model_value
         run_args.mode = None
-        for k, v in variant.settings:
-            setattr(run_args, k, v)
-        svd, keyframe_ids, model_dirs = prompt_for_svd(run_args)
+        svd, keyframe_ids, model_dirs = prompt_for_svd(run_args, variant)
         size = settings_of(svd, ("width", "height", "fps"))
         if not all(isinstance(size.get(k), int) for k in ("width", "height")):
             raise SystemExit(f"svd-inbetween eval: {variant.label}: the workflow sets no width and height the FILM "
@@ -165,15 +156,20 @@ def client_generator(args, manifest, frames_dir: str):
         prompt = film_prompt(model_value(args.film, FOLDER, film_dirs), args.frames, size.get("fps", 7), keyframe_ids)
         # the size SVD's videos come out at: its latent is 1/8 of width x height
         fitted[variant.label] = (size["width"] // 8 * 8, size["height"] // 8 * 8)
-        prompt["svd_inbetween_eval_frames"] = {"class_type": "SaveImage", "inputs": {
-            "images": frames_source(prompt), "filename_prefix": "svd_inbetween_eval/frames"}}
-        return prompt, keyframe_ids, {**model_dirs, **film_dirs}
+        return with_frames_saved(prompt), keyframe_ids, {**model_dirs, **film_dirs}
 
-    def prompt_for_svd(run_args):
+    def prompt_for_svd(run_args, variant):
+        for k, v in variant.settings:
+            setattr(run_args, k, v)
         try:
             return build_prompt(run_args)
         except WorkflowError as e:
-            raise SystemExit(f"svd-inbetween eval: {e}") from None
+            raise SystemExit(f"svd-inbetween eval: {variant.label}: {e}") from None
+
+    def with_frames_saved(prompt: dict) -> dict:
+        prompt["svd_inbetween_eval_frames"] = {"class_type": "SaveImage", "inputs": {
+            "images": frames_source(prompt), "filename_prefix": "svd_inbetween_eval/frames"}}
+        return prompt
 
     fitted: dict[str, tuple[int, int]] = {}  # FILM rows get keyframes fitted as the pack's conditioning fits them
     fit = fit_like_conditioning(args)

@@ -24,9 +24,9 @@ def test_film_template_is_hidden_from_a_listing_without_frame_interpolate():
     old_host = every - {"FrameInterpolate"}
     assert unavailable_templates(old_host, folder) == [FILM]
     listing = {"svd_inbetween": ["svd_inbetween_full", FILM], "other_pack": [FILM]}
-    assert filter_listing(listing, "svd_inbetween", old_host, folder) == {
+    assert filter_listing(listing, "svd_inbetween", unavailable_templates(old_host, folder)) == {
         "svd_inbetween": ["svd_inbetween_full"], "other_pack": [FILM]}
-    assert filter_listing(listing, "svd_inbetween", every, folder) == listing
+    assert filter_listing(listing, "svd_inbetween", unavailable_templates(every, folder)) == listing
 
 
 @pytest.fixture(scope="module")
