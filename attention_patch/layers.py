@@ -92,3 +92,18 @@ def with_proxies(model_patcher: ModelPatcher,
 def has_backward_weights(model_patcher: ModelPatcher) -> bool:
     found = proxies(model_patcher)
     return all(p is not None and p.has_backward_weights for p in found.values())
+
+
+# model_options key: why a backward-weights loader passed the model on without weights (its file is missing)
+MISSING_WEIGHTS = "svd_inbetween_missing_backward_weights"
+
+
+def without_backward_weights(model_patcher: ModelPatcher, why: str) -> ModelPatcher:
+    """A clone that remembers why it has no backward weights, for the error of a mode that needs them."""
+    m = model_patcher.clone()
+    m.model_options[MISSING_WEIGHTS] = why
+    return m
+
+
+def missing_backward_weights(model_patcher: ModelPatcher) -> str | None:
+    return None if has_backward_weights(model_patcher) else model_patcher.model_options.get(MISSING_WEIGHTS)

@@ -10,6 +10,9 @@ schedule: the sampler loop --
         residuals into the backward path, then the alternating step);
     "mpd_trf" (MPD on TRF: early steps one distillation then the alternating step, later
         steps fused with per-frame weights 1 -> 0, repeated with re-noising);
+steps, cfg: the settings the mode runs best at (its authors' / the paper's), used wherever a user leaves
+    them to the mode (steps 0 and cfg 0 on the nodes, `--mode` without `--steps`/`--cfg` in the CLI, the
+    blueprints, the shipped templates, the bench);
 help: what a user gets, for tooltips and --help.
 The combo strings (the keys) are public: workflows store them.
 """
@@ -29,11 +32,19 @@ class Mode:
     rotation: str
     finetuned: bool
     schedule: str
+    steps: int
+    cfg: float
     help: str
 
     def __post_init__(self):
         if self.rotation not in ROTATIONS or self.schedule not in SCHEDULES:
             raise ValueError(f"mode {self.name!r}: bad rotation {self.rotation!r} or schedule {self.schedule!r}")
+        if self.steps < 1 or self.cfg <= 0:
+            raise ValueError(f"mode {self.name!r}: its own steps and cfg must be positive")
+
+    @property
+    def settings_help(self) -> str:
+        return f"{self.steps} steps, cfg {self.cfg:g}"
 
     @property
     def fused(self) -> bool:
@@ -55,33 +66,30 @@ class Mode:
 
 
 MODE_TABLE: dict[str, Mode] = {m.name: m for m in (
-    Mode("gi", "all", True, "fused",
+    Mode("gi", "all", True, "fused", 50, 2.0,
          "the paper's method: the most coherent motion, slowest; needs the backward weights"),
-    Mode("gi_no_finetune", "up", False, "fused",
+    Mode("gi_no_finetune", "up", False, "fused", 50, 2.0,
          "the paper without its fine-tuned weights: weaker backward motion; needs no extra file"),
-    Mode("trf", "none", False, "fused",
+    Mode("trf", "none", False, "fused", 50, 2.0,
          "baseline: forward and time-reversed SVD averaged; needs no extra file, can blend two motions"),
-    Mode("vibid", "none", False, "alternating",
-         "fast preview (ViBiDSampler, about 7x less work than gi); needs no extra file; "
-         "use about 25 steps and cfg 1.0"),
-    Mode("vibid_gi", "all", True, "alternating",
-         "vibid's speed with the backward-motion model; needs the backward weights; "
-         "use about 25 steps and cfg 1.0"),
-    Mode("mpd", "none", False, "mpd",
+    Mode("vibid", "none", False, "alternating", 25, 1.0,
+         "fast preview (ViBiDSampler, about 7x less work than gi); needs no extra file"),
+    Mode("vibid_gi", "all", True, "alternating", 25, 1.0,
+         "vibid's speed with the backward-motion model; needs the backward weights"),
+    Mode("mpd", "none", False, "mpd", 25, 1.0,
          "the best training-free motion (Motion Prior Distillation on ViBiD, ICLR 2026; about 1.3x vibid's "
-         "work); needs no extra file; use about 25 steps and cfg 1.0"),
-    Mode("mpd_trf", "none", False, "mpd_trf",
+         "work); needs no extra file"),
+    Mode("mpd_trf", "none", False, "mpd_trf", 25, 1.0,
          "Motion Prior Distillation on TRF: the best frame quality (FID) of the training-free modes (about 2.8x "
-         "vibid's work); needs no extra file; use about 25 steps and cfg 1.0"),
-    Mode("mpd_gi", "all", True, "mpd",
-         "mpd with the backward-motion model in its backward steps; needs the backward weights; "
-         "use about 25 steps and cfg 1.0"),
+         "vibid's work); needs no extra file"),
+    Mode("mpd_gi", "all", True, "mpd", 25, 1.0,
+         "mpd with the backward-motion model in its backward steps; needs the backward weights"),
 )}
 
 MODES = tuple(MODE_TABLE)
 FUSED_MODES = tuple(n for n, m in MODE_TABLE.items() if m.fused)
 BACKWARD_WEIGHT_MODES = tuple(n for n, m in MODE_TABLE.items() if m.finetuned)
-MODE_HELP = {n: m.help for n, m in MODE_TABLE.items()}
+MODE_HELP = {n: f"{m.help} ({m.settings_help})" for n, m in MODE_TABLE.items()}
 
 
 def mode_of(name: str) -> Mode:

@@ -1,8 +1,8 @@
 """The sampler schedules side by side: what one clip costs in each mode.
 
 Cost (`schedule_costs`): UNet calls, videos evaluated, wall and CPU time of one clip on a
-model (tiny by default), each mode at its recommended settings (vibid and the MPD modes at
-25 steps and cfg 1, gi at the paper's 50 steps, cfg 2, recurrence 5 x 0.5), ratios against
+model (tiny by default), each mode at its own steps and cfg (the mode table, attention_patch/modes.py;
+the fused modes with the paper's recurrence 5 x 0.5), ratios against
 vibid. Memory (`schedule_memory`): the live-tensor peak of each mode's largest UNet call in
 every execution, traced at full size on the meta device through the pack's own patches
 (bench/fullsize.py), plus the weights the sampler holds.
@@ -15,7 +15,7 @@ from statistics import median
 import torch
 
 from ..attention_patch.layers import with_proxies
-from ..attention_patch.modes import mode_of, rotate_layers
+from ..attention_patch.modes import MODES, mode_of, rotate_layers
 from ..samplers.guider import request_chunks
 from ..samplers.mpd import unet_requests
 from ..samplers.protocol import BACKWARD, FORWARD, FUSED
@@ -26,10 +26,6 @@ from .workflow import CARD_RESERVE_GIB, CARDS_GB
 from .models import random_backward_weights, random_conds, svd_base_model, svd_patcher
 
 NODE = "svd-inbetween bench"
-# mode -> (steps, cfg): each mode as a user runs it (the paper's 50 steps and cfg 2 for the fused modes; 25
-# steps and cfg 1 for the others).
-SCHEDULE_RUNS = {"vibid": (25, 1.0), "mpd": (25, 1.0), "mpd_trf": (25, 1.0), "gi": (50, 2.0),
-                 "vibid_gi": (25, 1.0), "mpd_gi": (25, 1.0), "gi_no_finetune": (50, 2.0), "trf": (50, 2.0)}
 # What `bench --schedules` runs by default: the training-free samplers against the paper's method.
 COST_MODES = ("vibid", "mpd", "mpd_trf", "gi")
 
@@ -52,7 +48,7 @@ def chunk_sets(mode: str, cfg: float) -> set[tuple[int, ...]]:
     use_uncond = not cfg1 or not spec.fused  # the request samplers' CFG++ asks for the uncond at cfg 1
     rotating = spec.rotation != "none"
     return {request_chunks(r, rotating, use_uncond, cfg1, not spec.fused)
-            for r in set(requests(mode, SCHEDULE_RUNS[mode][0]))}
+            for r in set(requests(mode, spec.steps))}
 
 
 @dataclass
@@ -82,7 +78,7 @@ def schedule_costs(arch: str = "tiny", width: int = 64, height: int = 64, frames
                          GenerationSettings(seed=seed, steps=1, cfg=1.0, mode=mode, execution="batched",
                                             recurrence=0), callback=lambda *a: None)
     for mode in modes:
-        steps, cfg = SCHEDULE_RUNS[mode]
+        steps, cfg = mode_of(mode).steps, mode_of(mode).cfg
         walls, cpus = [], []
         for _ in range(repeats):
             counter = UnetCounter(frames)
@@ -99,7 +95,7 @@ def schedule_costs(arch: str = "tiny", width: int = 64, height: int = 64, frames
 
 
 def schedule_memory(arch: str = "full", width: int = 1024, height: int = 576, frames: int = 25,
-                    dtype: torch.dtype = torch.float16, modes: tuple[str, ...] = tuple(SCHEDULE_RUNS)) -> dict:
+                    dtype: torch.dtype = torch.float16, modes: tuple[str, ...] = MODES) -> dict:
     """{mode: {execution: {"call_peak", "weights", "total"} bytes}}: the largest call of each mode."""
     from .fullsize import OURS, inbetween_patches, trace_execution
     unet = svd_base_model(arch, dtype, "meta").diffusion_model
@@ -116,7 +112,7 @@ def schedule_memory(arch: str = "full", width: int = 1024, height: int = 576, fr
             out[mode] = {}
             for execution in OURS:
                 peak = max(trace_execution(unet, arch, execution, frames, height, width, dtype, rotate=rotate,
-                                           present=chunks)["peak"] for chunks in chunk_sets(mode, SCHEDULE_RUNS[mode][1]))
+                                           present=chunks)["peak"] for chunks in chunk_sets(mode, spec.cfg))
                 out[mode][execution] = {"call_peak": peak, "weights": held, "total": held + peak}
     return out
 

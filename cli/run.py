@@ -20,6 +20,8 @@ WORKFLOW = os.path.join(PACK_DIR, "workflows", "api", "svd_inbetween_full.json")
 GENERATION_FLAGS = ("width", "height", "frames", "steps", "seed", "cfg", "mode", "recurrence", "recurrence_ratio",
                     "forward_weight", "execution", "motion_bucket_id", "fps", "resize")
 MODEL_FOLDERS = {"checkpoint": "checkpoints", "backward": "svd_inbetween"}
+MODE_FLAG_HELP = ("sampler mode; it also sets the mode's own steps and cfg unless --steps / --cfg are given: "
+                  + "; ".join(f"{k}: {v}" for k, v in MODE_HELP.items()))
 
 
 @dataclass
@@ -42,7 +44,7 @@ def add_parser(sub) -> None:
                      help="keyframes in order: one clip per consecutive pair (a batch), joined into -o")
     p.add_argument("-o", "--output", required=True,
                    help="output .mp4 (--start/--end, --keyframes) or folder (--pairs, --folder)")
-    p.add_argument("--mode", choices=MODES, help="; ".join(f"{k}: {v}" for k, v in MODE_HELP.items()))
+    p.add_argument("--mode", choices=MODES, help=MODE_FLAG_HELP)
     add_generation_args(p)
     add_server_args(p)
     p.set_defaults(func=main)
@@ -65,9 +67,9 @@ def add_generation_args(p: argparse.ArgumentParser, seed_help: str | None = None
     w.add_argument("--width", type=int, help="video width (shipped: 1024)")
     w.add_argument("--height", type=int, help="video height (shipped: 576)")
     w.add_argument("--frames", type=int, help="frames per clip (shipped: 25)")
-    w.add_argument("--steps", type=int, help="sampling steps (shipped: 50)")
+    w.add_argument("--steps", type=int, help="sampling steps (default: the workflow's; with --mode, the mode's own)")
     w.add_argument("--seed", type=int, help=seed_help or "sampler seed, the same for every pair (shipped: 42)")
-    w.add_argument("--cfg", type=float, help="guidance scale (shipped: 2.0)")
+    w.add_argument("--cfg", type=float, help="guidance scale (default: the workflow's; with --mode, the mode's own)")
     w.add_argument("--recurrence", type=int, help="re-noising passes (shipped: 5)")
     w.add_argument("--recurrence-ratio", type=float, help="share of the steps with recurrence (shipped: 0.5)")
     w.add_argument("--forward-weight", type=float, help="fusion weight of the forward direction (shipped: 0.5)")
@@ -181,14 +183,16 @@ def model_value(value: str | None, folder: str, model_dirs: dict[str, str]) -> s
 
 def build_prompt(args) -> tuple[dict, tuple[str, str], dict[str, str]]:
     """The workflow with every flag applied, its keyframe node ids, and model folders for a private server."""
-    from .workflow import (apply_flags, apply_models, apply_sets, drop_backward_weights, keyframe_nodes,
-                           load_workflow, mode_of)
+    from .workflow import (apply_flags, apply_mode_settings, apply_models, apply_sets, drop_backward_weights,
+                           keyframe_nodes, load_workflow, mode_of)
     prompt = load_workflow(args.workflow or WORKFLOW)
     nodes = keyframe_nodes(prompt, args.start_node, args.end_node)
     model_dirs: dict[str, str] = {}
     models = {flag: model_value(getattr(args, flag), folder, model_dirs) for flag, folder in MODEL_FOLDERS.items()}
     apply_models(prompt, models)
     apply_flags(prompt, {k: getattr(args, k, None) for k in GENERATION_FLAGS})
+    if getattr(args, "mode", None):  # the mode's own steps and cfg, where the user gave none
+        apply_mode_settings(prompt, args.mode, {k: getattr(args, k, None) is not None for k in ("steps", "cfg")})
     if not args.workflow and not args.backward and mode_of(prompt) not in BACKWARD_WEIGHT_MODES:
         drop_backward_weights(prompt)  # the shipped workflow without weights the mode does not use
     apply_sets(prompt, args.set)

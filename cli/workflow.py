@@ -137,6 +137,19 @@ def interpolation_factor(prompt: dict, nid: str) -> int:
     return factor
 
 
+def apply_mode_settings(prompt: dict, mode: str, given: dict[str, bool]) -> None:
+    """The mode's own steps and cfg (attention_patch/modes.py) on every input they target that the user did not
+    set (`given`: flag -> set by the user); a workflow without such an input keeps running as it is."""
+    from ..attention_patch.modes import mode_of as mode_spec
+    spec = mode_spec(mode)
+    for flag, value in (("steps", spec.steps), ("cfg", spec.cfg)):
+        if not given.get(flag):
+            for ct, name in FLAG_TARGETS[flag]:
+                for nid in _targets(prompt, ct, name):
+                    if not isinstance(prompt[nid]["inputs"][name], list):  # a linked input stays linked
+                        prompt[nid]["inputs"][name] = _like(prompt[nid]["inputs"][name], value)
+
+
 def apply_models(prompt: dict, models: dict[str, str | None]) -> None:
     for flag, value in models.items():
         if not value:

@@ -8,7 +8,8 @@ from ..samplers.chain import sample_chain
 from ..samplers.settings import GenerationSettings
 from ..samplers.validation import fail, labelled
 from .common import CATEGORY
-from .inputs import guidance_inputs, keyframe_encoding_inputs, recurrence_inputs, scheduler_input, size_inputs
+from .inputs import (guidance_inputs, keyframe_encoding_inputs, recurrence_inputs, scheduler_input, size_inputs,
+                     steps_input)
 
 
 NODE_ID = "SVDInbetweenChain"
@@ -88,8 +89,7 @@ class SVDInbetweenChain(io.ComfyNode):
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="The one seed of the chain: initial noise, re-noising and keyframe "
                                      "augmentation noise."),
-                io.Int.Input("steps", default=50, min=1, max=10000,
-                             tooltip="Sampling steps (paper: 50 with recurrence; vibid and mpd modes: ~25)."),
+                steps_input(),
                 g["cfg"], g["mode"], *recurrence_inputs(), g["forward_weight"], g["execution"], scheduler_input(),
                 io.Boolean.Input("cfg_pp", default=True, optional=True,
                                  tooltip="vibid and mpd modes: CFG++ (step along the unconditional prediction)."),

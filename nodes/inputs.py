@@ -6,12 +6,26 @@ from comfy_api.latest import io
 
 import nodes as comfy_nodes
 
-from ..attention_patch.modes import MODE_HELP, MODES
+from ..attention_patch.modes import MODE_HELP, MODE_TABLE, MODES
 from ..samplers.execution import EXECUTIONS
 from ..samplers.guidance import GUIDANCE
 from ..conditioning.keyframes import RESIZE_MODES
 
 MODE_TOOLTIP = "; ".join(f"{k}: {v}" for k, v in MODE_HELP.items()) + ". The node's help page compares them."
+
+
+def _own(setting: str) -> str:
+    """'gi 50, vibid 25, ...': each mode's own value of a setting, grouped, from the mode table."""
+    groups: dict[str, list[str]] = {}
+    for name, mode in MODE_TABLE.items():
+        groups.setdefault(f"{getattr(mode, setting):g}", []).append(name)
+    return "; ".join(f"{', '.join(names)}: {value}" for value, names in groups.items())
+
+
+def steps_input() -> io.Int.Input:
+    return io.Int.Input("steps", default=0, min=0, max=10000,
+                        tooltip=f"Sampling steps; 0 = the mode's own ({_own('steps')}). Fewer is faster and "
+                                "blurrier.")
 
 
 def size_inputs():
@@ -44,9 +58,9 @@ def keyframe_encoding_inputs():
 def guidance_inputs() -> dict[str, io.Input]:
     """cfg, mode, forward_weight, execution, guidance, min_cfg by id (nodes order them differently)."""
     inputs = [
-        io.Float.Input("cfg", default=2.0, min=0.0, max=100.0, step=0.1, round=0.01,
-                       tooltip="How strongly the video follows the keyframes: 2.0 for the gi modes (the paper), about 1.0 "
-                               "for the vibid and mpd modes. Too high gives harsh, jittery frames."),
+        io.Float.Input("cfg", default=0.0, min=0.0, max=100.0, step=0.1, round=0.01,
+                       tooltip=f"How strongly the video follows the keyframes; 0 = the mode's own ({_own('cfg')}). "
+                               "Too high gives harsh, jittery frames."),
         io.Combo.Input("mode", options=list(MODES), default="gi", tooltip=MODE_TOOLTIP),
         io.Float.Input("forward_weight", default=0.5, min=0.0, max=1.0, step=0.05,
                        tooltip="Balance between following the start frame and the end frame: 0.5 = both equally, 1.0 = "

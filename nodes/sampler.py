@@ -9,7 +9,7 @@ from ..samplers.settings import MPD_SEQ, MPD_TRF, Distillation, GenerationSettin
 from ..samplers.validation import labelled
 from ..samplers.vibid import vibid_sampler
 from .common import CATEGORY
-from .inputs import guidance_inputs, recurrence_inputs, scheduler_input
+from .inputs import guidance_inputs, recurrence_inputs, scheduler_input, steps_input
 
 def _conds_inputs():
     return [
@@ -39,7 +39,7 @@ class SVDInbetweenSampler(io.ComfyNode):
                 io.Latent.Input("latent_image", tooltip="Video latent from SVDInbetweenConditioning."),
                 io.Int.Input("seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
                              tooltip="Same seed, same video; change it for another variant."),
-                io.Int.Input("steps", default=50, min=1, max=10000, tooltip="Sampling steps: 50 for the gi modes (paper), about 25 for vibid. Fewer is faster and blurrier."),
+                steps_input(),
                 g["cfg"], g["mode"], *recurrence_inputs(), g["forward_weight"], g["execution"],
                 scheduler_input(), g["guidance"], g["min_cfg"],
             ],

@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import logging
 import os
 
 import folder_paths
 from comfy_api.latest import io
 
+from ..attention_patch.layers import without_backward_weights
+from ..attention_patch.modes import BACKWARD_WEIGHT_MODES
 from ..samplers.validation import check_model, fail, labelled
 from ..weights.apply import apply_backward_weights
 from ..weights.cache import delta_file_name
@@ -12,7 +15,7 @@ from ..weights.convert import BaseCheckpointError
 from ..weights.format import BackwardWeightsError
 from .common import CATEGORY, MODEL_FOLDER
 
-
+log = logging.getLogger(__name__)
 NONE = "none"
 
 
@@ -27,8 +30,10 @@ class SVDInbetweenLoadBackwardWeights(io.ComfyNode):
             node_id="SVDInbetweenLoadBackwardWeights",
             display_name="SVD Inbetween Load Backward Weights",
             category=CATEGORY,
-            description="Gives an SVD model the backward-motion weights that mode gi needs (the authors' "
-                        "fine-tune). The model itself stays unchanged; only the backward pass uses them. Takes the "
+            description="Gives an SVD model the backward-motion weights that modes gi, vibid_gi and mpd_gi need (the "
+                        "authors' fine-tune). The model itself stays unchanged; only the backward pass uses them. "
+                        "Without the file the model passes on unchanged, so the other modes run; the modes that "
+                        "need it stop before sampling and name the file. Takes the "
                         "pack's small files or the official release's unet/diffusion_pytorch_model.safetensors "
                         "directly; with base_checkpoint it sets the official weights up the authors' way on SVD-XT.",
             inputs=[
@@ -56,10 +61,9 @@ class SVDInbetweenLoadBackwardWeights(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, weights, base_checkpoint=NONE) -> bool | str:
-        # Checked when the prompt is queued, so a missing file never starts a run.
-        if folder_paths.get_full_path(MODEL_FOLDER, weights) is None:
-            return (f"SVDInbetweenLoadBackwardWeights: input 'weights': {weights!r} not found in "
-                    f"models/{MODEL_FOLDER}/ (put a .safetensors file there and refresh)")
+        # A missing `weights` file passes here (taking `weights` also skips the host's list check): only the
+        # modes that use the weights need it, and the sampler, which knows the mode, refuses those before any
+        # model call. So a blueprint or workflow holding this node runs every other mode without the file.
         if base_checkpoint not in (None, NONE) and folder_paths.get_full_path("checkpoints", base_checkpoint) is None:
             return (f"SVDInbetweenLoadBackwardWeights: input 'base_checkpoint': {base_checkpoint!r} not found in "
                     "models/checkpoints/ (put svd.safetensors there and refresh, or pick none)")
@@ -71,7 +75,9 @@ class SVDInbetweenLoadBackwardWeights(io.ComfyNode):
             check_model(model, mode="trf")
             path = folder_paths.get_full_path(MODEL_FOLDER, weights)
             if path is None:
-                fail("weights", f"{weights!r} not found in models/{MODEL_FOLDER}/")
+                log.info("%r not in models/%s/: the model goes on without backward weights (modes %s refuse it)",
+                         weights, MODEL_FOLDER, ", ".join(BACKWARD_WEIGHT_MODES))
+                return io.NodeOutput(without_backward_weights(model, f"{weights!r} is not in models/{MODEL_FOLDER}/"))
             base = saved = None
             if base_checkpoint not in (None, NONE):
                 base = folder_paths.get_full_path("checkpoints", base_checkpoint)

@@ -22,15 +22,17 @@ MPD_TRF = Distillation(fraction=0.1, iterations=1, repeats=3)
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Defaults are the paper's (SVD-XT, 50 Euler steps, cfg 2, recurrence 5 over half the steps).
+    """Defaults are the paper's (SVD-XT, mode gi, recurrence 5 over half the steps).
 
+    steps 0 and cfg 0 (the defaults) mean the mode's own (attention_patch/modes.py: gi 50 steps and cfg 2,
+    the vibid and mpd modes 25 and 1); they are resolved on construction, so every reader sees numbers.
     recurrence, recurrence_ratio and forward_weight apply to the fused modes; cfg_pp and dds
     to the alternating (ViBiD) and MPD ones; mpd / mpd_trf to the MPD modes (schedule "mpd" /
     "mpd_trf"); min_cfg to guidance "linear".
     """
     seed: int = 0
-    steps: int = 50
-    cfg: float = 2.0
+    steps: int = 0
+    cfg: float = 0.0
     mode: str = "gi"
     recurrence: int = 5
     recurrence_ratio: float = 0.5
@@ -43,6 +45,12 @@ class GenerationSettings:
     dds: bool = True
     mpd: Distillation = MPD_SEQ
     mpd_trf: Distillation = MPD_TRF
+
+    def __post_init__(self):
+        spec = self.spec
+        if spec is not None:
+            object.__setattr__(self, "steps", self.steps or spec.steps)
+            object.__setattr__(self, "cfg", self.cfg or spec.cfg)
 
     @property
     def spec(self) -> Mode | None:

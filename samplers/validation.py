@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..attention_patch.layers import NotSVDModelError, has_backward_weights, temporal_attn1_paths
+from ..attention_patch.layers import (NotSVDModelError, has_backward_weights, missing_backward_weights,
+                                     temporal_attn1_paths)
 from ..attention_patch.modes import MODES, mode_of
 from ..conditioning.keyframes import FRAMES_KEY
 from .schedule import repeats_per_step
@@ -75,6 +76,11 @@ def check_model(model: ModelPatcher, mode: str) -> None:
         fail("model", str(e))
     if spec.finetuned and not has_backward_weights(model):
         instead = {"vibid": "'vibid'", "mpd": "'mpd' or 'mpd_trf'"}.get(spec.sampler, "'gi_no_finetune' or 'trf'")
+        missing = missing_backward_weights(model)
+        if missing:
+            fail("model", f"mode {mode!r} needs backward-motion weights, and SVDInbetweenLoadBackwardWeights' input "
+                 f"'weights' {missing}: put the file there and refresh (README: Backward-motion weights), or pick "
+                 f"mode {instead}, which needs none")
         fail("model", f"mode {mode!r} needs backward-motion weights: put SVDInbetweenLoadBackwardWeights "
              f"before this node, or pick mode {instead}")
 

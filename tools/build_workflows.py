@@ -27,6 +27,7 @@ from host import import_pack  # noqa: E402
 from ui_format import api_as_host_reads, api_to_ui, check_workflow, definitions, is_widget, walk  # noqa: E402
 
 import_pack()  # this checkout as `svd_inbetween`, whatever else is installed
+from svd_inbetween.attention_patch.modes import mode_of  # noqa: E402
 from svd_inbetween.cli.convert import default_file_name  # noqa: E402
 
 CKPT = "svd_xt.safetensors"
@@ -79,14 +80,19 @@ def output_nodes(latent_from):
 CONDS = {"positive_start": ["5", 0], "negative_start": ["5", 1], "positive_end": ["5", 2], "negative_end": ["5", 3]}
 
 
-def sampler_node(model, steps: int, cfg: float, mode: str, recurrence: int):
+def own(mode: str) -> dict:
+    """The mode's own steps and cfg (the mode table): each template shows the numbers its mode runs at."""
+    return {"steps": mode_of(mode).steps, "cfg": mode_of(mode).cfg}
+
+
+def sampler_node(model, mode: str, recurrence: int):
     return {"class_type": "SVDInbetweenSampler", "inputs": {
-        "model": model, **CONDS, "latent_image": ["5", 4], "seed": 42, "steps": steps, "cfg": cfg, "mode": mode,
+        "model": model, **CONDS, "latent_image": ["5", 4], "seed": 42, **own(mode), "mode": mode,
         "recurrence": recurrence, "recurrence_ratio": 0.5, "forward_weight": 0.5, "execution": "auto",
         "scheduler": "karras", "guidance": "constant", "min_cfg": 1.0}}
 
 
-def custom_advanced_graph(cfg: float, mode: str, sampler: dict, steps: int, backward_weights: bool = True):
+def custom_advanced_graph(mode: str, sampler: dict, backward_weights: bool = True):
     """SamplerCustomAdvanced with the pack's GUIDER and the given SAMPLER node; without backward_weights
     the model comes straight from the checkpoint loader (the training-free modes)."""
     g = common()
@@ -94,12 +100,12 @@ def custom_advanced_graph(cfg: float, mode: str, sampler: dict, steps: int, back
     if not backward_weights:
         del g["4"]
     g["10"] = {"class_type": "SVDInbetweenGuider", "inputs": {
-        "model": model, **CONDS, "cfg": cfg, "mode": mode, "forward_weight": 0.5, "execution": "auto",
+        "model": model, **CONDS, "cfg": own(mode)["cfg"], "mode": mode, "forward_weight": 0.5, "execution": "auto",
         "guidance": "constant", "min_cfg": 1.0}}
     g["11"] = sampler
     g["12"] = {"class_type": "RandomNoise", "inputs": {"noise_seed": 42}}
-    g["13"] = {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "karras", "steps": steps,
-                                                          "denoise": 1.0}}
+    g["13"] = {"class_type": "BasicScheduler", "inputs": {"model": model, "scheduler": "karras",
+                                                          "steps": own(mode)["steps"], "denoise": 1.0}}
     g["6"] = {"class_type": "SamplerCustomAdvanced", "inputs": {
         "noise": ["12", 0], "guider": ["10", 0], "sampler": ["11", 0], "sigmas": ["13", 0], "latent_image": ["5", 4]}}
     g.update(output_nodes(["6", 0]))
@@ -108,37 +114,37 @@ def custom_advanced_graph(cfg: float, mode: str, sampler: dict, steps: int, back
 
 def full():
     g = common()
-    g["6"] = sampler_node(["4", 0], steps=50, cfg=2.0, mode="gi", recurrence=5)
+    g["6"] = sampler_node(["4", 0], mode="gi", recurrence=5)
     g.update(output_nodes(["6", 0]))
     return g
 
 
 def custom_advanced():
-    return custom_advanced_graph(2.0, "gi", {"class_type": "SVDInbetweenRecurrentEuler",
-                                             "inputs": {"recurrence": 5, "recurrence_ratio": 0.5}}, steps=50)
+    return custom_advanced_graph("gi", {"class_type": "SVDInbetweenRecurrentEuler",
+                                        "inputs": {"recurrence": 5, "recurrence_ratio": 0.5}})
 
 
 def vibid():
     """The training-free fast mode: no backward weights, 25 steps, 2 UNet calls per step."""
     g = common()
     del g["4"]
-    g["6"] = sampler_node(["1", 0], steps=25, cfg=1.0, mode="vibid", recurrence=0)
+    g["6"] = sampler_node(["1", 0], mode="vibid", recurrence=0)
     g.update(output_nodes(["6", 0]))
     return g
 
 
 def vibid_custom_advanced():
     """ViBiD's schedule with the backward-motion model, as GUIDER + SAMPLER building blocks."""
-    return custom_advanced_graph(1.0, "vibid_gi", {"class_type": "SVDInbetweenViBiDSampler",
-                                                   "inputs": {"cfg_pp": True, "dds": True}}, steps=25)
+    return custom_advanced_graph("vibid_gi", {"class_type": "SVDInbetweenViBiDSampler",
+                                              "inputs": {"cfg_pp": True, "dds": True}})
 
 
 def mpd():
     """Motion Prior Distillation on ViBiD (the authors' constants): the best training-free motion, no backward
     weights, 25 steps, about 1.3x vibid's UNet calls."""
-    return custom_advanced_graph(1.0, "mpd", {"class_type": "SVDInbetweenMPDSampler", "inputs": {
+    return custom_advanced_graph("mpd", {"class_type": "SVDInbetweenMPDSampler", "inputs": {
         "mpd_distill_fraction": 0.2, "mpd_distill_iterations": 3, "mpd_trf_distill_fraction": 0.1,
-        "mpd_trf_distill_iterations": 1, "mpd_trf_repeats": 3, "cfg_pp": True, "dds": True}}, steps=25,
+        "mpd_trf_distill_iterations": 1, "mpd_trf_repeats": 3, "cfg_pp": True, "dds": True}},
         backward_weights=False)
 
 
@@ -149,7 +155,7 @@ def keyframe_chain():
     g["6"] = {"class_type": "SVDInbetweenChain", "inputs": {
         "model": ["4", 0], "clip_vision": ["1", 1], "vae": ["1", 2], "width": 1024,
         "height": 576, "frames": "25", "motion_bucket_id": 127, "fps": 7, "augmentation_level": 0.02,
-        "resize": "crop", "seed": 42, "steps": 50, "cfg": 2.0, "mode": "gi", "recurrence": 5,
+        "resize": "crop", "seed": 42, **own("gi"), "mode": "gi", "recurrence": 5,
         "recurrence_ratio": 0.5, "forward_weight": 0.5, "execution": "auto", "scheduler": "karras",
         "cfg_pp": True, "dds": True, "keyframe_1": ["2", 0], "keyframe_2": ["3", 0], "keyframe_3": ["2", 0]},
         "_meta": {"title": "Keyframe chain A, B, A (a loop)"}}
@@ -196,12 +202,15 @@ LABELS = {"svd_inbetween.app": {"2": {"image": "Start frame"}, "3": {"image": "E
 
 # Subgraph blueprints: the template each one wraps, its IMAGE inputs ({input: [(node, input), ...]}, in the
 # order the blueprint node shows them) and the widgets it exposes ((node, widget); the exposed name is the widget's).
+# A blueprint's steps and cfg are 0, the mode's own (attention_patch/modes.py): whichever mode a user picks runs at
+# its settings; its backward-weights loader passes the model on where the file is missing, so only the modes that
+# use the weights need the file.
 BLUEPRINTS = {
     "Keyframes to Video (SVD Inbetween)": {
         "template": "svd_inbetween_full",
         "images": {"start_image": [("5", "start_image")], "end_image": [("5", "end_image")]},
-        "widgets": [("6", "mode"), ("6", "seed"), ("6", "steps"), ("1", "ckpt_name"), ("4", "weights"),
-                    ("5", "width"), ("5", "height"), ("5", "video_frames")],
+        "widgets": [("6", "mode"), ("6", "seed"), ("6", "steps"), ("6", "cfg"), ("1", "ckpt_name"),
+                    ("4", "weights"), ("5", "width"), ("5", "height"), ("5", "video_frames")],
         "description": "Generative Inbetweening: a video from a start and an end image with Stable Video Diffusion "
                        "run forward and backward (the svd_inbetween_full template as one node).",
     },
@@ -209,12 +218,14 @@ BLUEPRINTS = {
         "template": "svd_inbetween_keyframe_chain",
         "images": {"keyframe_1": [("6", "keyframe_1")], "keyframe_2": [("6", "keyframe_2")],
                    "keyframe_3": [("6", "keyframe_3")]},
-        "widgets": [("6", "mode"), ("6", "seed"), ("6", "steps"), ("1", "ckpt_name"), ("4", "weights"),
-                    ("6", "width"), ("6", "height"), ("6", "frames")],
+        "widgets": [("6", "mode"), ("6", "seed"), ("6", "steps"), ("6", "cfg"), ("1", "ckpt_name"),
+                    ("4", "weights"), ("6", "width"), ("6", "height"), ("6", "frames")],
         "description": "One video through three keyframes (A, B, C; a loop with C = A): SVD Inbetween per segment, "
                        "joined (the svd_inbetween_keyframe_chain template as one node).",
     },
 }
+# the value that leaves a setting to the mode (nodes/inputs.py)
+MODE_OWN = {"steps": 0, "cfg": 0.0}
 BLUEPRINT_CATEGORY = "SVD Inbetween"
 # stable ids: a regenerated blueprint keeps its id, so a saved workflow using it still finds its definition
 BLUEPRINT_NAMESPACE = uuid.UUID("5b0c5e0e-6f1a-4c53-9b39-2f4f3d1e0a22")
@@ -229,6 +240,9 @@ def blueprint(name: str, defs: dict) -> dict:
     spec = BLUEPRINTS[name]
     twin, _ = build(spec["template"], defs)
     api = json.loads(json.dumps(twin))
+    for nid, widget in spec["widgets"]:
+        if widget in MODE_OWN:
+            api[nid]["inputs"][widget] = MODE_OWN[widget]
     dropped = {nid for nid, n in api.items() if n["class_type"] in ("LoadImage", "SaveVideo")}
     video_from = next(api[nid]["inputs"]["video"] for nid in dropped if api[nid]["class_type"] == "SaveVideo")
     for nid in dropped:

@@ -1,0 +1,142 @@
+"""Every mode runs at its own steps and cfg (the mode table) wherever a user leaves them to it: the settings object,
+the node inputs' 0, `svd-inbetween run/eval --mode` without --steps/--cfg, the templates and the blueprints."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import pytest
+
+from svd_inbetween.attention_patch.modes import BACKWARD_WEIGHT_MODES, MODE_TABLE, MODES, mode_of
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# What the authors run (GI paper: 50 Euler steps, cfg 2; ViBiD and MPD papers: 25 steps, cfg 1 with CFG++).
+AUTHORS = {"gi": (50, 2.0), "gi_no_finetune": (50, 2.0), "trf": (50, 2.0), "vibid": (25, 1.0), "vibid_gi": (25, 1.0),
+           "mpd": (25, 1.0), "mpd_trf": (25, 1.0), "mpd_gi": (25, 1.0)}
+
+
+def test_the_mode_table_holds_each_modes_own_settings():
+    assert set(AUTHORS) == set(MODES)
+    for name, (steps, cfg) in AUTHORS.items():
+        assert (mode_of(name).steps, mode_of(name).cfg) == (steps, cfg), name
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_settings_left_to_the_mode_resolve_to_its_own(mode):
+    from svd_inbetween.samplers.settings import GenerationSettings
+    own = GenerationSettings(mode=mode)
+    assert (own.steps, own.cfg) == AUTHORS[mode]
+    assert (GenerationSettings(mode=mode, steps=0, cfg=0.0).steps, GenerationSettings(mode=mode, cfg=0).cfg) == AUTHORS[mode]
+    given = GenerationSettings(mode=mode, steps=7, cfg=3.5)
+    assert (given.steps, given.cfg) == (7, 3.5)
+    assert GenerationSettings(mode=mode, steps=7).cfg == AUTHORS[mode][1]
+
+
+def test_unknown_mode_keeps_its_zero_for_the_mode_check_to_refuse():
+    from svd_inbetween.samplers.settings import GenerationSettings
+    s = GenerationSettings(mode="nope")
+    assert s.spec is None and s.steps == 0
+
+
+def test_mode_help_names_each_modes_own_settings():
+    from svd_inbetween.attention_patch.modes import MODE_HELP
+    for name, spec in MODE_TABLE.items():
+        assert MODE_HELP[name].endswith(f"({spec.steps} steps, cfg {spec.cfg:g})"), MODE_HELP[name]
+
+
+def run_args(*argv):
+    from svd_inbetween.cli import build_parser
+    return build_parser().parse_args(["run", "--start", "a.png", "--end", "b.png", "-o", "out.mp4", *argv])
+
+
+def sampling_values(prompt: dict) -> dict:
+    """(class_type, input) -> value of every steps / cfg input of the prompt."""
+    return {(n["class_type"], k): v for n in prompt.values() for k, v in n["inputs"].items() if k in ("steps", "cfg")}
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("workflow", [None, "svd_inbetween_custom_advanced", "svd_inbetween_keyframe_chain"])
+def test_run_mode_uses_the_modes_own_settings_unless_given(mode, workflow):
+    from svd_inbetween.cli.run import build_prompt
+    extra = ["--workflow", os.path.join(REPO, "workflows", "api", workflow + ".json")] if workflow else []
+    prompt, _, _ = build_prompt(run_args("--mode", mode, *extra))
+    values = sampling_values(prompt)
+    steps, cfg = AUTHORS[mode]
+    assert values and all(v == (steps if k[1] == "steps" else cfg) for k, v in values.items()), values
+    if workflow is None:  # the shipped workflow reads the backward weights only for the modes that use them
+        loaders = [n for n in prompt.values() if n["class_type"] == "SVDInbetweenLoadBackwardWeights"]
+        assert bool(loaders) == (mode in BACKWARD_WEIGHT_MODES), mode
+    given, _, _ = build_prompt(run_args("--mode", mode, "--steps", "9", *extra))
+    assert {k[1]: v for k, v in sampling_values(given).items()} == {"steps": 9, "cfg": cfg}
+    given, _, _ = build_prompt(run_args("--mode", mode, "--cfg", "3.5", *extra))
+    assert {k[1]: v for k, v in sampling_values(given).items()} == {"steps": steps, "cfg": 3.5}
+
+
+def test_run_without_mode_keeps_the_workflows_settings():
+    from svd_inbetween.cli.run import build_prompt
+    vibid = os.path.join(REPO, "workflows", "api", "svd_inbetween_vibid.json")
+    prompt, _, _ = build_prompt(run_args("--workflow", vibid, "--steps", "30"))
+    assert {k[1]: v for k, v in sampling_values(prompt).items()} == {"steps": 30, "cfg": 1.0}
+
+
+def test_a_linked_steps_input_stays_linked(tmp_path):
+    from svd_inbetween.cli.run import build_prompt
+    with open(os.path.join(REPO, "workflows", "api", "svd_inbetween_vibid.json")) as f:
+        prompt = json.load(f)
+    sampler = next(nid for nid, n in prompt.items() if n["class_type"] == "SVDInbetweenSampler")
+    prompt["99"] = {"class_type": "PrimitiveInt", "inputs": {"value": 12}}
+    prompt[sampler]["inputs"]["steps"] = ["99", 0]
+    path = tmp_path / "linked.json"
+    path.write_text(json.dumps(prompt))
+    got, _, _ = build_prompt(run_args("--workflow", str(path), "--mode", "mpd"))
+    assert got[sampler]["inputs"]["steps"] == ["99", 0] and got[sampler]["inputs"]["cfg"] == 1.0
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_eval_variant_runs_at_the_modes_own_settings_unless_it_names_them(mode):
+    from svd_inbetween.cli import build_parser
+    from svd_inbetween.cli.eval import variants
+    from svd_inbetween.cli.run import build_prompt
+    args = build_parser().parse_args(["eval", "gt", "-o", "out", "--frames", "25", "--mode", mode,
+                                      "--mode", f"{mode}:steps=11"])
+    plain, named = variants(args)
+    for variant, steps in ((plain, AUTHORS[mode][0]), (named, 11)):
+        run = argparse.Namespace(**vars(args))
+        run.mode = variant.mode
+        for k, v in variant.settings:
+            setattr(run, k, v)
+        run.start_node = run.end_node = None
+        prompt, _, _ = build_prompt(run)
+        assert {k[1]: v for k, v in sampling_values(prompt).items()} == {"steps": steps, "cfg": AUTHORS[mode][1]}
+
+
+@pytest.mark.parametrize("name", ["svd_inbetween_full", "svd_inbetween_custom_advanced", "svd_inbetween_vibid",
+                                  "svd_inbetween_vibid_custom_advanced", "svd_inbetween_mpd",
+                                  "svd_inbetween_keyframe_chain", "svd_inbetween.app", "svd_inbetween_film"])
+def test_each_template_shows_its_modes_own_settings(name):
+    with open(os.path.join(REPO, "workflows", "api", name + ".json")) as f:
+        prompt = json.load(f)
+    (mode,) = {n["inputs"]["mode"] for n in prompt.values() if "mode" in n["inputs"]}
+    values = sampling_values(prompt)
+    assert values and all(v == (mode_of(mode).steps if k[1] == "steps" else mode_of(mode).cfg)
+                          for k, v in values.items()), (name, values)
+
+
+def blueprint_inner(name: str) -> dict:
+    with open(os.path.join(REPO, "subgraphs", name + ".json")) as f:
+        bp = json.load(f)
+    (sub,) = bp["definitions"]["subgraphs"]
+    return sub
+
+
+@pytest.mark.parametrize("name", ["Keyframes to Video (SVD Inbetween)", "Keyframe Chain to Video (SVD Inbetween)"])
+def test_blueprints_expose_mode_steps_and_cfg_left_to_the_mode(name):
+    sub = blueprint_inner(name)
+    exposed = {i["name"] for i in sub["inputs"]}
+    assert {"mode", "steps", "cfg", "weights"} <= exposed, exposed
+    inner = [n for n in sub["nodes"] if n["type"] in ("SVDInbetweenSampler", "SVDInbetweenChain")]
+    assert len(inner) == 1
+    values = inner[0]["widgets_values"]
+    # steps, cfg, mode stand together on both nodes: 0 and 0.0 leave both settings to the mode picked
+    assert values[values.index("gi") - 2: values.index("gi")] == [0, 0.0], values
