@@ -16,7 +16,7 @@ from ..attention_patch.layers import with_proxies
 from ..conditioning.keyframes import KeyframeEncoding, empty_video_latent, encode_keyframes
 from .chain_guider import SVDInbetweenChainGuider
 from .guider import SVDInbetweenGuider
-from .run import check_conds, check_guider_settings, check_sampling_settings, run_guider, sampler_for
+from .run import check_conds, check_guider_settings, check_sampling_settings, log_run, run_guider, sampler_for
 from .settings import GenerationSettings, KeyframeConds
 from .validation import check_images, check_size, labelled
 from .windows import boundaries, chain_windows, parse_frame_counts, with_frames
@@ -59,6 +59,7 @@ def sample_chain(node: str, model: ModelPatcher, clip_vision, vae, images: torch
         g.set_conds(*seg)
         g.set_cfg(settings.cfg)
         guiders.append(g)
+    log_run(node, settings)
     out = run_guider(SVDInbetweenChainGuider(guiders, windows), {"samples": latent}, settings, sampler, callback)
     return decode_with_keyframes(vae, out["samples"], torch.cat(keys), boundaries(windows)), out
 

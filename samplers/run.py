@@ -5,6 +5,7 @@ the calling node's name (validation.labelled).
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,8 @@ from .vibid import vibid_sampler
 if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
 
+log = logging.getLogger(__name__)
+
 
 def check_guider_settings(model: ModelPatcher, settings: GenerationSettings) -> None:
     """What any guider needs: an SVD model fit for the mode, a known execution and guidance."""
@@ -43,6 +46,11 @@ def check_conds(model: ModelPatcher, conds: KeyframeConds, latent: torch.Tensor 
     """Conds (and latent) that match each other, the model and a finite cfg."""
     check_inputs(conds._asdict(), latent, cfg=settings.cfg)
     check_conds_fit_model(model, conds._asdict())
+
+
+def log_run(node: str, settings: GenerationSettings) -> None:
+    """The settings a run samples at (steps and cfg resolved: 0 is the mode's own), in the host's log."""
+    log.info("%s: mode %s, %d steps, cfg %g", node, settings.mode, settings.steps, settings.cfg)
 
 
 def check_sampling_settings(settings: GenerationSettings) -> None:
@@ -97,6 +105,7 @@ def sample_inbetween(node: str, model: ModelPatcher, conds: KeyframeConds, laten
         check_sampling_settings(settings)
         guider = build_guider(model, conds, settings, node)
         sampler = sampler_for(settings)
+    log_run(node, settings)
     return run_guider(guider, latent, settings, sampler, callback)
 
 
