@@ -70,7 +70,7 @@ def setup_comfyui(path: str | None, cpu: bool) -> None:
     """Make ComfyUI importable; CPU mode when asked or when torch sees no GPU (before model_management loads)."""
     import torch
 
-    from .comfy_session import ComfyUINotFound, prepare_comfyui
+    from ..client.comfy_session import ComfyUINotFound, prepare_comfyui
     try:
         prepare_comfyui(path, cpu or not torch.cuda.is_available())
     except ComfyUINotFound as e:

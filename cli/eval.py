@@ -129,7 +129,7 @@ def client_generator(args, manifest, frames_dir: str):
     import numpy as np
     from PIL import Image
 
-    from .dispatch import summary
+    from ..client.dispatch import summary
     from .run import Pair as RunPair
     from .run import build_jobs, build_prompt, dispatch, exit_code
     from .workflow import WorkflowError, seed_of, settings_of
@@ -242,7 +242,7 @@ def comfy_for_scoring(args) -> None:
     try:
         import comfy.utils  # noqa: F401
     except ImportError:
-        from .comfy_session import ComfyUINotFound, prepare_comfyui
+        from ..client.comfy_session import ComfyUINotFound, prepare_comfyui
         try:
             prepare_comfyui(args.comfyui, cpu=True)
         except ComfyUINotFound as e:
@@ -267,7 +267,7 @@ def fit_like_conditioning(args):
 def evaluate(args, scorers=None) -> list[dict]:
     """The whole command; tests pass tiny stand-in extractors as `scorers`."""
     from ..evaluation.harness import Evaluation
-    from .manifest import Manifest
+    from ..client.manifest import Manifest
     fill_from_workflow(args)
     todo_variants, todo_pairs = variants(args), pairs(args)
     scorers = scorers if scorers is not None else build_scorers(args)  # loads the metric networks

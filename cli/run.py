@@ -12,15 +12,16 @@ from dataclasses import dataclass
 from ..attention_patch.modes import BACKWARD_WEIGHT_MODES, MODE_HELP, MODES
 from ..samplers.execution import EXECUTIONS
 from ..conditioning.keyframes import IMAGE_EXTS, RESIZE_MODES
-from .comfy_session import PACK_DIR
-from .transport import add_transport_args
+from ..client.comfy_session import PACK_DIR
+from ..client.transport import ServerAddress, add_transport_args
 
 log = logging.getLogger(__name__)
 WORKFLOW = os.path.join(PACK_DIR, "workflows", "api", "svd_inbetween_full.json")
 GENERATION_FLAGS = ("width", "height", "frames", "steps", "seed", "cfg", "mode", "recurrence", "recurrence_ratio",
                     "forward_weight", "execution", "motion_bucket_id", "fps", "resize")
 MODEL_FOLDERS = {"checkpoint": "checkpoints", "backward": "svd_inbetween"}
-MODE_FLAG_HELP = ("sampler mode; it also sets the mode's own steps and cfg unless --steps / --cfg are given: "
+MODE_FLAG_HELP = ("sampler mode; in a shipped workflow it also sets the mode's own steps and cfg unless --steps / "
+                  "--cfg are given (a workflow of your own keeps its values): "
                   + "; ".join(f"{k}: {v}" for k, v in MODE_HELP.items()))
 
 
@@ -191,7 +192,7 @@ def build_prompt(args) -> tuple[dict, tuple[str, str], dict[str, str]]:
     models = {flag: model_value(getattr(args, flag), folder, model_dirs) for flag, folder in MODEL_FOLDERS.items()}
     apply_models(prompt, models)
     apply_flags(prompt, {k: getattr(args, k, None) for k in GENERATION_FLAGS})
-    if getattr(args, "mode", None):  # the mode's own steps and cfg, where the user gave none
+    if getattr(args, "mode", None) and is_shipped(args.workflow):  # a shipped template's steps and cfg are its mode's
         apply_mode_settings(prompt, args.mode, {k: getattr(args, k, None) is not None for k in ("steps", "cfg")})
     if not args.workflow and not args.backward and mode_of(prompt) not in BACKWARD_WEIGHT_MODES:
         drop_backward_weights(prompt)  # the shipped workflow without weights the mode does not use
@@ -199,9 +200,15 @@ def build_prompt(args) -> tuple[dict, tuple[str, str], dict[str, str]]:
     return prompt, nodes, model_dirs
 
 
-def server_urls(args) -> list:
-    """The ServerAddress of every --server and --servers line (credentials kept out of their names)."""
-    from .transport import TransportError, options_from_args, read_servers_file, server_address
+def is_shipped(workflow: str | None) -> bool:
+    """The default workflow or another of the pack's workflows/api: its settings are its template's, not the user's."""
+    return workflow is None or os.path.dirname(os.path.abspath(workflow)) == os.path.dirname(WORKFLOW)
+
+
+def server_addresses(args) -> list[ServerAddress]:
+    """The address of every --server and --servers line (credentials kept out of their names): built here, once;
+    the client takes them as they are."""
+    from ..client.transport import TransportError, options_from_args, read_servers_file, server_address
     options = options_from_args(args)
     try:
         servers = [server_address(u, options) for u in args.server]
@@ -219,8 +226,8 @@ def server_urls(args) -> list:
 
 
 def build_jobs(pairs: list[Pair], prompt: dict, nodes: tuple[str, str], manifest) -> list:
-    from .api_client import UPLOAD_SUBFOLDER
-    from .dispatch import Job
+    from ..client.api_client import UPLOAD_SUBFOLDER
+    from ..client.job import Job
     from .workflow import fingerprint, seed_of, upload_name, with_keyframes
     jobs = []
     for pair in pairs:
@@ -241,18 +248,20 @@ def dispatch(args, jobs: list, manifest, model_dirs: dict[str, str], skip_nodes:
     """Run the jobs on --server/--servers, or on a private server started for this call."""
     import contextlib
 
-    from .dispatch import Dispatcher, NoServer, Settings
-    from .local_server import LocalServer
+    from ..client.dispatch import Dispatcher, NoServer, Settings
+    from ..client.local_server import LocalServer
+    from ..client.transport import TransportOptions, server_address
     settings = Settings(per_server=max(1, args.per_server), retries=max(0, args.retries),
                         timeout=args.timeout or None, server_wait=args.server_wait,
                         progress=not args.no_progress, max_download_mb=args.max_download_mb)
-    urls = server_urls(args)
-    dispatcher = Dispatcher(urls, manifest, settings, skip_nodes)
+    addresses = server_addresses(args)
+    dispatcher = Dispatcher(addresses, manifest, settings, skip_nodes)
     todo = dispatcher.triage(jobs)
     with contextlib.ExitStack() as stack:
-        if todo and not urls:
-            dispatcher.add_server(stack.enter_context(LocalServer(args.comfyui, args.cpu, args.cuda_device,
-                                                                  tuple(args.custom_nodes), model_dirs)))
+        if todo and not addresses:
+            url = stack.enter_context(LocalServer(args.comfyui, args.cpu, args.cuda_device, tuple(args.custom_nodes),
+                                                  model_dirs))
+            dispatcher.add_server(server_address(url, TransportOptions()))
         try:
             dispatcher.run(todo)
         except NoServer as e:
@@ -272,7 +281,7 @@ def join_segments(paths: list[str], dest: str) -> None:
 
     import av
 
-    from .manifest import replace_atomically, temporary_path
+    from ..client.manifest import replace_atomically, temporary_path
     tmp = temporary_path(dest)
     with av.open(paths[0]) as first:
         src = first.streams.video[0]
@@ -297,8 +306,8 @@ def join_segments(paths: list[str], dest: str) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from .dispatch import summary
-    from .manifest import Manifest
+    from ..client.dispatch import summary
+    from ..client.manifest import Manifest
     from .workflow import WorkflowError
     pairs = collect_pairs(args)
     try:

@@ -8,7 +8,7 @@ import asyncio
 
 from ..attention_patch.modes import MODES
 from .run import add_generation_args, build_prompt, fail
-from .transport import add_transport_args
+from ..client.transport import ServerAddress, add_transport_args
 
 PACK_NODE = "SVDInbetweenSampler"
 
@@ -24,11 +24,11 @@ def add_parser(sub) -> None:
     p.set_defaults(func=main)
 
 
-async def check_server(url, prompt: dict, skip_nodes: tuple[str, ...]) -> dict:
-    """One row of the table for a URL or ServerAddress."""
-    from .api_client import AccessDenied, ComfyClient, ServerLost
-    from .workflow import check_against_server
-    client = ComfyClient(url, request_timeout=30)
+async def check_server(address: ServerAddress, prompt: dict, skip_nodes: tuple[str, ...]) -> dict:
+    """One row of the table for a server."""
+    from ..client.api_client import AccessDenied, ComfyClient, ServerLost
+    from ..client.object_info import check_against_server
+    client = ComfyClient(address, request_timeout=30)
     row = {"server": client.url, "version": "-", "pack": "-", "queue": "-", "ok": False}
     try:
         stats = await client.system_stats()
@@ -48,8 +48,8 @@ async def check_server(url, prompt: dict, skip_nodes: tuple[str, ...]) -> dict:
     return row
 
 
-async def check_all(urls: list, prompt: dict, skip_nodes: tuple[str, ...]) -> list[dict]:
-    return list(await asyncio.gather(*(check_server(u, prompt, skip_nodes) for u in urls)))
+async def check_all(addresses: list[ServerAddress], prompt: dict, skip_nodes: tuple[str, ...]) -> list[dict]:
+    return list(await asyncio.gather(*(check_server(a, prompt, skip_nodes) for a in addresses)))
 
 
 def table(rows: list[dict]) -> str:
@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
         prompt, nodes, _ = build_prompt(args)
     except WorkflowError as e:
         raise fail(str(e)) from None
-    from .transport import TransportError, options_from_args, server_address
+    from ..client.transport import TransportError, options_from_args, server_address
     try:
         servers = [server_address(u, options_from_args(args), where="serve-check") for u in args.urls]
     except TransportError as e:

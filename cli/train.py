@@ -97,7 +97,7 @@ def main(args) -> int:
     _check_sizes(args)
     dist = _init_distributed(args.cpu)
     try:
-        from .comfy_session import prepare_comfyui
+        from ..client.comfy_session import prepare_comfyui
         prepare_comfyui(args.comfyui, args.cpu)
         import comfy.sd
         dataset = ClipDataset(args.data, args.frames, args.width, args.height, args.stride, args.resize, args.seed)

@@ -1,5 +1,5 @@
-"""API-format workflows for the client: find the keyframe nodes, apply the generation flags and
-`--set NODE.input=VALUE`, and check a workflow against a server's /object_info.
+"""API-format workflows for the commands: find the keyframe nodes, apply the generation flags and
+`--set NODE.input=VALUE`. Whether a server can run the result is client/object_info.py's question.
 
 Everything that can be wrong with a workflow is found here, before anything is queued, and
 raised as WorkflowError naming the node or flag.
@@ -12,8 +12,9 @@ import json
 import os
 from typing import Any
 
+from ..client.object_info import PACK_PREFIX
+
 START_TITLE, END_TITLE = "Start frame", "End frame"
-PACK_PREFIX = "SVDInbetween"
 # generation flag -> (class_type, input) pairs it sets; "SVDInbetween*" = any node of this pack
 FLAG_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "width": ((PACK_PREFIX + "*", "width"),),
@@ -33,7 +34,6 @@ FLAG_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
 }
 MODEL_TARGETS = {"checkpoint": ("ImageOnlyCheckpointLoader", "ckpt_name"),
                  "backward": ("SVDInbetweenLoadBackwardWeights", "weights")}
-MODEL_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf")
 
 
 class WorkflowError(ValueError):
@@ -237,46 +237,3 @@ def upload_name(path: str) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()[:24] + os.path.splitext(path)[1].lower()
-
-
-def _combo_options(spec: Any) -> list | None:
-    if isinstance(spec, list) and spec:
-        if isinstance(spec[0], list):
-            return spec[0]
-        if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
-            return spec[1].get("options")
-    return None
-
-
-# ComfyUI's own nodes the pack's prompts use that older hosts lack (FILM: cli/film.py, svd_inbetween_film)
-HOST_NODES_SINCE = {"FrameInterpolate": "0.33", "FrameInterpolationModelLoader": "0.33"}
-
-
-def check_against_server(prompt: dict, object_info: dict, skip_nodes: tuple[str, ...] = ()) -> list[str]:
-    """What a server lacks to run `prompt`: node classes (pack not loaded) and model files."""
-    problems = []
-    missing = sorted({n["class_type"] for n in prompt.values()} - set(object_info))
-    if missing:
-        pack = [c for c in missing if c.startswith(PACK_PREFIX)]
-        if pack:
-            hint = " (the svd_inbetween pack is not loaded there: install it in custom_nodes/ and check the " \
-                   "server log for IMPORT FAILED)"
-        elif set(missing) <= set(HOST_NODES_SINCE):
-            hint = "".join(sorted({f" (ComfyUI {HOST_NODES_SINCE[c]} and later ship them: update that ComfyUI)"
-                                   for c in missing}))
-        else:
-            hint = " (install the custom nodes that provide them)"
-        problems.append(f"missing node types {', '.join(missing)}{hint}")
-        return problems
-    for nid, node in prompt.items():
-        if nid in skip_nodes:
-            continue
-        spec_inputs = object_info[node["class_type"]].get("input", {})
-        specs = {**spec_inputs.get("required", {}), **spec_inputs.get("optional", {})}
-        for name, value in node["inputs"].items():
-            if not (isinstance(value, str) and value.lower().endswith(MODEL_EXTS)):
-                continue
-            options = _combo_options(specs.get(name))
-            if options is not None and value not in options:
-                problems.append(f"model file {value!r} (node {nid} {node['class_type']}.{name}) is not on the server")
-    return problems

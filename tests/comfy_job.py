@@ -73,7 +73,7 @@ def video_info(path: str) -> dict:
 
 
 def job_workflows(job: dict) -> dict:
-    from svd_inbetween.cli.comfy_session import ComfySession
+    from svd_inbetween.client.comfy_session import ComfySession
     base = job["base"]
     import tiny_models
     weights = prepare_base(base, film=tiny_models.host_has_film())

@@ -32,7 +32,7 @@ def import_pack():
 def setup_comfy() -> None:
     """Make ComfyUI importable and CPU-only (must run before comfy.model_management is imported)."""
     import_pack()
-    from svd_inbetween.cli.comfy_session import prepare_comfyui
+    from svd_inbetween.client.comfy_session import prepare_comfyui
     prepare_comfyui(COMFYUI_PATH, cpu=True)
     import utils.extra_config  # noqa: F401  (before `nodes`, see COMFYUI_NOTES)
     # ComfyUI's nodes.py now, while its root leads sys.path: pytest later puts the checkout's own folder

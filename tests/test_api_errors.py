@@ -187,8 +187,9 @@ def test_websocket_drop_mid_prompt_reconnects_and_keeps_the_prompt(pair_of_serve
     about the prompt and waits for it; nothing is re-queued or generated twice."""
     import asyncio
 
-    from svd_inbetween.cli.dispatch import Dispatcher, Settings
-    from svd_inbetween.cli.manifest import Manifest
+    from svd_inbetween.client.dispatch import Dispatcher, Settings
+    from svd_inbetween.client.manifest import Manifest
+    from svd_inbetween.client.transport import TransportOptions, server_address
     from svd_inbetween.cli.run import Pair, build_jobs
     from svd_inbetween.cli.workflow import keyframe_nodes, load_workflow
     s = pair_of_servers
@@ -197,7 +198,8 @@ def test_websocket_drop_mid_prompt_reconnects_and_keeps_the_prompt(pair_of_serve
     out = tmp_path / "out"
     m = Manifest(str(out))
     jobs = build_jobs([Pair(a, b, str(out / "x.mp4"))], prompt, keyframe_nodes(prompt), m)
-    dispatcher = Dispatcher([s["good"].url], m, Settings(progress=False, timeout=120))
+    address = server_address(s["good"].url, TransportOptions())  # built by the command, as `run` does
+    dispatcher = Dispatcher([address], m, Settings(progress=False, timeout=120))
     before = prompts_run([s["good"]])
     dropped = []
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from svd_inbetween.cli.answers import BadAnswer, execution_seconds, history_error, output_files
-from svd_inbetween.cli.outputs import _extension
-from svd_inbetween.cli.transport import (TransportError, TransportOptions, inside, read_servers_file,
-                                         server_address)
+from svd_inbetween.client.answers import BadAnswer, execution_seconds, history_error, output_files
+from svd_inbetween.client.outputs import _extension
+from svd_inbetween.client.transport import (TransportError, TransportOptions, inside, read_servers_file,
+                                            server_address)
 
 
 def test_name_is_scheme_host_port_and_credentials_are_redacted(monkeypatch):

@@ -42,7 +42,7 @@ def test_every_ui_workflow_has_an_api_twin():
 
 @pytest.mark.host
 def test_ui_workflows_describe_their_api_twins():
-    from svd_inbetween.cli.comfy_session import ComfySession  # noqa: F401  (ComfyUI already importable)
+    from svd_inbetween.client.comfy_session import ComfySession  # noqa: F401  (ComfyUI already importable)
     import nodes
     from ui_format import api_as_host_reads, definitions, ui_to_api
     load_host_nodes()

@@ -10,9 +10,11 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Packages whose modules must form a DAG with imports only at module level.
-STRICT = ("samplers", "attention_patch")
+STRICT = ("samplers", "attention_patch", "client")
 # Packages whose cross-package arrows must go down this order (nodes may import all below it).
 LAYERS = ("nodes", "samplers", "attention_patch")
+# The ComfyUI API client serves the commands and never imports them.
+CLIENT, COMMANDS = "client", "cli"
 
 
 def _module_name(path: str) -> str:
@@ -20,12 +22,18 @@ def _module_name(path: str) -> str:
     return rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
 
 
+def _in_pack(name: str) -> str:
+    """An absolute import's module within the pack ("" if it is not the pack's): the pack imports itself
+    relatively or as svd_inbetween.*; a bare `import nodes` is ComfyUI's nodes.py, not the pack's nodes/."""
+    return name[len("svd_inbetween."):] if name.startswith("svd_inbetween.") else ""
+
+
 def _resolve(module: str, node: ast.ImportFrom | ast.Import, is_package: bool) -> list[str]:
     if isinstance(node, ast.Import):
-        return [a.name for a in node.names]
+        return [_in_pack(a.name) for a in node.names]
     if node.level == 0:
-        base = node.module or ""
-        return [base] + [f"{base}.{a.name}" for a in node.names]
+        base = _in_pack(node.module or "")
+        return [base] + [f"{base}.{a.name}" for a in node.names] if base else []
     parts = module.split(".")
     parts = parts[:len(parts) - node.level + (1 if is_package else 0)]
     base = ".".join(parts + ([node.module] if node.module else []))
@@ -40,7 +48,7 @@ def package_modules(package: str) -> dict[str, str]:
 
 def imports(package: str) -> dict[str, list[tuple[str, int, bool]]]:
     """module -> [(imported pack module, line, at module level)] for the package's modules."""
-    packages = LAYERS + ("conditioning", "weights", "cli", "bench", "evaluation")
+    packages = LAYERS + ("conditioning", "weights", COMMANDS, CLIENT, "bench", "evaluation")
     known = {m for p in packages if os.path.isdir(os.path.join(REPO, p))
              for m in package_modules(p)}
     out = {}
@@ -109,6 +117,13 @@ def test_layers_import_downwards():
         for m, edges in imports(package).items():
             up += [f"{m} -> {t}" for t, _, _ in edges if t.split(".")[0] in higher]
     assert not up, f"imports against the layer order {' -> '.join(LAYERS)}: {up}"
+
+
+
+def test_client_never_imports_the_commands():
+    up = [f"{m} -> {t} (line {line})" for m, edges in imports(CLIENT).items() for t, line, _ in edges
+          if t.split(".")[0] == COMMANDS]
+    assert not up, f"{CLIENT}/ imports {COMMANDS}/, which uses it: {up}"
 
 
 if __name__ == "__main__":

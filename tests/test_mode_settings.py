@@ -80,17 +80,27 @@ def test_run_without_mode_keeps_the_workflows_settings():
     assert {k[1]: v for k, v in sampling_values(prompt).items()} == {"steps": 30, "cfg": 1.0}
 
 
-def test_a_linked_steps_input_stays_linked(tmp_path):
+def test_a_workflow_of_your_own_keeps_its_steps_and_cfg_with_mode(tmp_path):
     from svd_inbetween.cli.run import build_prompt
-    with open(os.path.join(REPO, "workflows", "api", "svd_inbetween_vibid.json")) as f:
+    with open(os.path.join(REPO, "workflows", "api", "svd_inbetween_full.json")) as f:
+        prompt = json.load(f)
+    sampler = next(nid for nid, n in prompt.items() if n["class_type"] == "SVDInbetweenSampler")
+    prompt[sampler]["inputs"].update(steps=7, cfg=1.5)
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(prompt))
+    got, _, _ = build_prompt(run_args("--workflow", str(path), "--mode", "mpd"))
+    assert (got[sampler]["inputs"]["steps"], got[sampler]["inputs"]["cfg"]) == (7, 1.5)
+
+
+def test_a_linked_steps_input_stays_linked():
+    with open(os.path.join(REPO, "workflows", "api", "svd_inbetween_full.json")) as f:
         prompt = json.load(f)
     sampler = next(nid for nid, n in prompt.items() if n["class_type"] == "SVDInbetweenSampler")
     prompt["99"] = {"class_type": "PrimitiveInt", "inputs": {"value": 12}}
     prompt[sampler]["inputs"]["steps"] = ["99", 0]
-    path = tmp_path / "linked.json"
-    path.write_text(json.dumps(prompt))
-    got, _, _ = build_prompt(run_args("--workflow", str(path), "--mode", "mpd"))
-    assert got[sampler]["inputs"]["steps"] == ["99", 0] and got[sampler]["inputs"]["cfg"] == 1.0
+    from svd_inbetween.cli.workflow import apply_mode_settings
+    apply_mode_settings(prompt, "mpd", {})
+    assert prompt[sampler]["inputs"]["steps"] == ["99", 0] and prompt[sampler]["inputs"]["cfg"] == 1.0
 
 
 @pytest.mark.parametrize("mode", MODES)

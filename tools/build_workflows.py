@@ -325,7 +325,7 @@ def build(name: str, defs: dict) -> tuple[dict, dict]:
 
 
 def main() -> None:
-    from svd_inbetween.cli.comfy_session import ComfySession
+    from svd_inbetween.client.comfy_session import ComfySession
     ComfySession(cpu=True)
     import comfyui_version
     import nodes

@@ -9,8 +9,8 @@ import logging
 from typing import Callable
 
 from .api_client import AccessDenied, BadAnswer, ComfyClient, ServerLost, Watch
-from .transport import DEFAULT_MAX_DOWNLOAD_MB, ServerAddress, TransportOptions, server_address
-from .workflow import check_against_server
+from .object_info import check_against_server
+from .transport import DEFAULT_MAX_DOWNLOAD_MB, ServerAddress
 
 log = logging.getLogger(__name__)
 PROBE_MIN, PROBE_MAX = 1.0, 5.0
@@ -18,11 +18,9 @@ RECONNECT_TRIES = 3
 
 
 class ServerSlot:
-    def __init__(self, address: ServerAddress | str, per_server: int,
+    def __init__(self, address: ServerAddress, per_server: int,
                  on_event: Callable[[str, dict], None] | None = None,
                  max_download_mb: float = DEFAULT_MAX_DOWNLOAD_MB):
-        if not isinstance(address, ServerAddress):
-            address = server_address(address, TransportOptions())
         self.url = address.url
         self.name = address.name  # scheme://host:port: what tables, logs and the manifest show
         self.per_server = per_server

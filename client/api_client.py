@@ -23,7 +23,7 @@ import aiohttp
 from .answers import (TERMINAL, AccessDenied, BadAnswer, NodeFailed, PromptInterrupted,  # noqa: F401 (re-exported)
                       PromptRejected, ServerLost, execution_seconds, format_node_error, format_rejection,
                       history_error, output_files)
-from .transport import DEFAULT_MAX_DOWNLOAD_MB, ServerAddress, TransportOptions, server_address
+from .transport import DEFAULT_MAX_DOWNLOAD_MB, ServerAddress
 
 log = logging.getLogger(__name__)
 UPLOAD_SUBFOLDER = "svd_inbetween"
@@ -43,10 +43,10 @@ class Watch:
 class ComfyClient:
     """HTTP calls and one websocket (its own client_id) to one server. Use inside a running event loop."""
 
-    def __init__(self, address: ServerAddress | str, request_timeout: float = 60,
+    def __init__(self, address: ServerAddress, request_timeout: float = 60,
                  on_event: Callable[[str, dict], None] | None = None,
                  max_download_mb: float = DEFAULT_MAX_DOWNLOAD_MB):
-        self.address = address if isinstance(address, ServerAddress) else server_address(address, TransportOptions())
+        self.address = address
         self.url = self.address.url  # never holds credentials: they go in `auth` and headers
         self.max_download = int(max_download_mb * 2**20)
         self.client_id = uuid.uuid4().hex

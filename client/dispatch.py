@@ -14,10 +14,11 @@ import logging
 import signal
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from .api_client import (TERMINAL, AccessDenied, NodeFailed, PromptInterrupted, PromptRejected, ServerLost, Watch,
                          execution_seconds, format_node_error, history_error)
+from .job import Job
 from .manifest import Manifest
 from .outputs import save_outputs
 from .servers import ServerSlot
@@ -36,28 +37,6 @@ class NoServer(RuntimeError):
 
 
 @dataclass
-class Job:
-    key: str                      # manifest key (output path relative to the manifest folder)
-    output: str                   # the primary output file
-    prompt: dict | None           # None for a pair that failed before dispatch (see error)
-    uploads: dict[str, str] = field(default_factory=dict)  # LoadImage value -> local file
-    fingerprint: str = ""
-    seed: int | None = None
-    meta: dict = field(default_factory=dict)  # recorded as is (start, end, ...)
-    extras_dir: str | None = None  # where outputs other than the primary go (default: beside it)
-    error: str | None = None
-    status: str = "pending"       # pending, done, skipped, failed, interrupted
-    attempts: int = 0
-    server: str | None = None
-    prompt_id: str | None = None
-    seconds: float = 0.0
-    server_seconds: float | None = None
-    phases: dict = field(default_factory=dict)  # seconds in upload, post, wait, download (last attempt)
-    files: list[str] = field(default_factory=list)
-    avoid: set = field(default_factory=set)
-
-
-@dataclass
 class Settings:
     per_server: int = 1
     retries: int = 2
@@ -69,14 +48,14 @@ class Settings:
 
 
 class Dispatcher:
-    def __init__(self, urls: list[ServerAddress | str], manifest: Manifest, settings: Settings,
+    def __init__(self, addresses: list[ServerAddress], manifest: Manifest, settings: Settings,
                  skip_nodes: tuple[str, ...] = ()):
         self.manifest = manifest
         self.settings = settings
         self.skip_nodes = skip_nodes
         self.servers: list[ServerSlot] = []
-        for url in urls:
-            self.add_server(url)
+        for address in addresses:
+            self.add_server(address)
         self.stopping = False
         self.posts = 0
         self.bar = None
@@ -84,7 +63,7 @@ class Dispatcher:
         self._running: dict[asyncio.Task, tuple[Job, ServerSlot]] = {}
 
     # ------------------------------------------------------------------ the batch
-    def add_server(self, address: ServerAddress | str) -> None:
+    def add_server(self, address: ServerAddress) -> None:
         slot = ServerSlot(address, self.settings.per_server, on_event=self._on_event,
                           max_download_mb=self.settings.max_download_mb)
         if all(s.name != slot.name for s in self.servers):  # the same server given twice is used once

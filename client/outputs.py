@@ -6,15 +6,12 @@ from __future__ import annotations
 import collections
 import os
 import re
-from typing import TYPE_CHECKING
 
 from .answers import BadAnswer, NodeFailed, output_files
 from .api_client import ComfyClient
+from .job import Job
 from .manifest import replace_atomically, temporary_path
 from .transport import inside
-
-if TYPE_CHECKING:
-    from .dispatch import Job
 
 SAFE_NODE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 SAFE_EXT = re.compile(r"\.[A-Za-z0-9]{1,10}")
