@@ -43,6 +43,15 @@ def fit_image(image: torch.Tensor, width: int, height: int, mode: str) -> torch.
     raise ValueError(f"resize mode must be one of {RESIZE_MODES}, got {mode!r}")
 
 
+def crop_keeps(image_width: int, image_height: int, width: int, height: int) -> tuple[float, float]:
+    """The source pixels (width, height) that crop keeps of an image fitted to width x height: its centre at the
+    video's aspect ratio (before rounding, which the host's centre crop then applies)."""
+    aspect, target = image_width / image_height, width / height
+    if aspect > target:
+        return image_width * target / aspect, float(image_height)
+    return float(image_width), image_height * aspect / target
+
+
 # Keeps the augmentation noise off the initial-noise stream when noise_seed == seed.
 AUGMENTATION_STREAM = 0x4A06_5EED
 

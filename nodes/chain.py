@@ -4,8 +4,9 @@ import torch
 from comfy_api.latest import io
 
 from ..conditioning.keyframes import KeyframeEncoding, fit_image
-from ..samplers.chain import sample_chain
+from ..samplers.chain import check_request, sample_chain
 from ..samplers.settings import GenerationSettings
+from ..samplers.request import check_crop
 from ..samplers.validation import fail, labelled
 from .common import CATEGORY
 from .inputs import (guidance_inputs, keyframe_encoding_inputs, recurrence_inputs, scheduler_input, size_inputs,
@@ -28,7 +29,7 @@ def keyframe_inputs() -> list[io.Image.Input]:
             for i, name in enumerate(KEYFRAME_INPUTS)]
 
 
-def gather_keyframes(images, keyframes: dict, width: int, height: int, resize: str):
+def gather_keyframes(images, keyframes: dict, width: int, height: int, resize: str, frames: str | int):
     """One IMAGE batch from either `images` or the connected keyframe_N inputs, in order of N.
 
     Keyframes of different sizes are first fitted to the video size the way the chain fits every
@@ -54,7 +55,10 @@ def gather_keyframes(images, keyframes: dict, width: int, height: int, resize: s
              "keyframe_2 as well; a loop is keyframe_1 = A, keyframe_2 = B, keyframe_3 = A)")
     shapes = {tuple(image.shape[1:]) for _, image in given}
     parts = [image for _, image in given]
-    if len(shapes) > 1:
+    if len(shapes) > 1:  # fitting makes width x height images: the request is checked first
+        check_request(sum(image.shape[0] for _, image in given), KeyframeEncoding(width, height, resize=resize), frames)
+        for name, image in given:
+            check_crop(name, image[0], width, height, resize)
         parts = [fit_image(image, width, height, resize) for image in parts]
     return torch.cat(parts)
 
@@ -109,7 +113,7 @@ class SVDInbetweenChain(io.ComfyNode):
                 augmentation_level, resize, seed, steps, cfg, mode, recurrence, recurrence_ratio, forward_weight,
                 execution, scheduler="karras", cfg_pp=True, dds=True, **keyframes) -> io.NodeOutput:
         with labelled(NODE_ID):
-            images = gather_keyframes(images, keyframes, width, height, resize)
+            images = gather_keyframes(images, keyframes, width, height, resize, frames)
         encoding = KeyframeEncoding(width, height, motion_bucket_id, fps, augmentation_level, resize)
         settings = GenerationSettings(seed=seed, steps=steps, cfg=cfg, mode=mode, recurrence=recurrence,
                                       recurrence_ratio=recurrence_ratio, forward_weight=forward_weight,

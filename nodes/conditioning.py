@@ -4,7 +4,8 @@ import torch
 from comfy_api.latest import io
 
 from ..conditioning.keyframes import KeyframeEncoding, empty_video_latent, encode_keyframes
-from ..samplers.validation import check_size, fail, labelled
+from ..samplers.request import MAX_FRAMES, check_crop, check_encode_fits, check_frames, check_size, check_video_fits
+from ..samplers.validation import fail, labelled
 from .common import CATEGORY
 from .inputs import keyframe_encoding_inputs, size_inputs
 
@@ -24,7 +25,7 @@ class SVDInbetweenConditioning(io.ComfyNode):
                 io.Image.Input("start_image", tooltip="The first frame of the video (one image, any size)."),
                 io.Image.Input("end_image", tooltip="The last frame of the video (one image, any size)."),
                 *size_inputs(),
-                io.Int.Input("video_frames", default=25, min=3, max=4096,
+                io.Int.Input("video_frames", default=25, min=3, max=MAX_FRAMES,
                              tooltip="Frames in the video, keyframes included: 25 for SVD-XT, 14 for SVD. More frames give "
                                      "slower motion and take longer."),
                 *keyframe_encoding_inputs(),
@@ -50,6 +51,11 @@ class SVDInbetweenConditioning(io.ComfyNode):
                 if not torch.isfinite(img).all():
                     fail(name, "contains NaN or Inf")
             check_size(width, height)
+            check_frames("video_frames", video_frames)
+            for name, img in (("start_image", start_image), ("end_image", end_image)):
+                check_crop(name, img, width, height, resize)
+            check_video_fits("video_frames", video_frames, width, height, keyframes=2)
+            check_encode_fits(vae, width, height)
         encoding = KeyframeEncoding(width, height, motion_bucket_id, fps, augmentation_level, resize)
         _, ((pos_s, neg_s), (pos_e, neg_e)) = encode_keyframes(clip_vision, vae, [start_image, end_image], encoding,
                                                                noise_seed, video_frames)

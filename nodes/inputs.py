@@ -4,11 +4,10 @@ from __future__ import annotations
 import comfy.samplers
 from comfy_api.latest import io
 
-import nodes as comfy_nodes
-
 from ..attention_patch.modes import MODE_HELP, MODE_TABLE, MODES
 from ..samplers.execution import EXECUTIONS
 from ..samplers.guidance import GUIDANCE
+from ..samplers.request import MAX_SIZE, MIN_SIZE
 from ..conditioning.keyframes import RESIZE_MODES
 
 MODE_TOOLTIP = "; ".join(f"{k}: {v}" for k, v in MODE_HELP.items()) + ". The node's help page compares them."
@@ -30,10 +29,10 @@ def steps_input() -> io.Int.Input:
 
 def size_inputs():
     return [
-        io.Int.Input("width", default=1024, min=64, max=comfy_nodes.MAX_RESOLUTION, step=8,
+        io.Int.Input("width", default=1024, min=MIN_SIZE, max=MAX_SIZE, step=8,
                      tooltip="Video width in pixels (multiple of 8). SVD-XT knows 1024x576 best; smaller is faster and "
                              "needs less memory."),
-        io.Int.Input("height", default=576, min=64, max=comfy_nodes.MAX_RESOLUTION, step=8,
+        io.Int.Input("height", default=576, min=MIN_SIZE, max=MAX_SIZE, step=8,
                      tooltip="Video height in pixels (multiple of 8). SVD-XT knows 1024x576 best; smaller is faster and "
                              "needs less memory."),
     ]

@@ -36,7 +36,8 @@ from .fusion import frame_ramp, fuse
 from .protocol import (ANSWERS_MARK, BACKWARD, DIRECTION_KEY, DISTILLED, FORWARD, FUSED, REQUESTS, DirectionRequest,
                        sampler_kind)
 from .steps import distilled_x0
-from .validation import fail
+from .request import check_call_fits
+from .validation import fail, labelled
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +177,8 @@ class SVDInbetweenGuider(comfy.samplers.CFGGuider):
         if self.chosen_execution is None:
             free = free_memory(self.model_patcher, x.device)
             estimates = execution_estimates(self.model_patcher, self.inner_model, x, self.layers)
+            with labelled(self.node):  # before the first model call: a video no execution fits is refused
+                check_call_fits(min(needed_bytes(e) for e in estimates.values()), x, x.device)
             self.chosen_execution = choose_execution(self.execution, free, estimates)
             self._needed = needed_bytes(estimates[self.chosen_execution])
         return self.chosen_execution

@@ -85,11 +85,6 @@ def check_model(model: ModelPatcher, mode: str) -> None:
              f"before this node, or pick mode {instead}")
 
 
-def check_size(width: int, height: int) -> None:
-    if width % 8 or height % 8:
-        fail("width", f"width and height must be multiples of 8, got {width}x{height}")
-
-
 def check_forward_weight(forward_weight: float) -> None:
     if not 0.0 <= forward_weight <= 1.0:
         fail("forward_weight", f"must be in [0, 1], got {forward_weight}")
