@@ -67,7 +67,7 @@ class Mode:
 
 MODE_TABLE: dict[str, Mode] = {m.name: m for m in (
     Mode("gi", "all", True, "fused", 50, 2.0,
-         "the paper's method: the most coherent motion, slowest; needs the backward weights"),
+         "the paper's method (first in the GI paper's own evaluation), slowest; needs the backward weights"),
     Mode("gi_no_finetune", "up", False, "fused", 50, 2.0,
          "the paper without its fine-tuned weights: weaker backward motion; needs no extra file"),
     Mode("trf", "none", False, "fused", 50, 2.0,
@@ -77,7 +77,7 @@ MODE_TABLE: dict[str, Mode] = {m.name: m for m in (
     Mode("vibid_gi", "all", True, "alternating", 25, 1.0,
          "vibid's speed with the backward-motion model; needs the backward weights"),
     Mode("mpd", "none", False, "mpd", 25, 1.0,
-         "the best training-free motion (Motion Prior Distillation on ViBiD, ICLR 2026; about 1.3x vibid's "
+         "Motion Prior Distillation on ViBiD (ICLR 2026; the lowest DAVIS FVD in the MPD paper; about 1.3x vibid's "
          "work); needs no extra file"),
     Mode("mpd_trf", "none", False, "mpd_trf", 25, 1.0,
          "Motion Prior Distillation on TRF: the best frame quality (FID) of the training-free modes (about 2.8x "

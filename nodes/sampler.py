@@ -30,7 +30,7 @@ class SVDInbetweenSampler(io.ComfyNode):
             category=CATEGORY,
             description="Makes the video between a start and an end frame: SVD runs forward from the start frame "
                         "and backward from the end frame, and the two are merged at every step. Mode gi (the "
-                        "paper) gives the best motion and needs the backward weights; vibid is a fast preview "
+                        "paper, first in its own evaluation) needs the backward weights; vibid is a fast preview "
                         "that needs none. Decode the output with VAE Decode.",
             inputs=[
                 io.Model.Input("model", tooltip="The SVD model (SVD-XT); for modes gi, vibid_gi and mpd_gi, through SVD "
@@ -138,7 +138,7 @@ class SVDInbetweenMPDSampler(io.ComfyNode):
             node_id=cls.NODE_ID,
             display_name="SVD Inbetween MPD Sampler",
             category=CATEGORY,
-            description="Motion Prior Distillation (ICLR 2026), the best training-free in-betweening on SVD, for "
+            description="Motion Prior Distillation (ICLR 2026; the lowest DAVIS FVD in its paper's evaluation) on SVD, for "
                         "SamplerCustomAdvanced: the early steps carry the forward path's motion over to the "
                         "backward path instead of denoising it. Use with SVD Inbetween Guider in mode mpd (on "
                         "ViBiD), mpd_trf (on TRF) or mpd_gi; about 25 steps, cfg 1.0. The defaults are the "
