@@ -218,8 +218,8 @@ def test_mismatched_building_blocks_and_missing_weights_are_refused_before_sampl
     from fixtures_host import conditioning
     from svd_inbetween.samplers.run import sample_inbetween
     from svd_inbetween.samplers.settings import GenerationSettings, KeyframeConds
-    small = conditioning(tiny.clip_vision, tiny.vae, size=32)
-    with pytest.raises(InbetweenInputError, match="test: input 'positive_end'.*32x32.*64x64"):
-        sample_inbetween("test", tiny.model, KeyframeConds(ps, ns, small[2], small[3]), lat,
+    other = conditioning(tiny.clip_vision, tiny.vae, size=72)
+    with pytest.raises(InbetweenInputError, match="test: input 'positive_end'.*72x72.*64x64"):
+        sample_inbetween("test", tiny.model, KeyframeConds(ps, ns, other[2], other[3]), lat,
                          GenerationSettings(seed=0, steps=STEPS, cfg=1.0, mode="vibid"))
     assert counter.per_call == []
