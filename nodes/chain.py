@@ -6,7 +6,6 @@ from comfy_api.latest import io
 from ..conditioning.keyframes import KeyframeEncoding, fit_image
 from ..samplers.chain import check_request, sample_chain
 from ..samplers.settings import GenerationSettings
-from ..samplers.request import check_crop
 from ..samplers.validation import fail, labelled
 from .common import CATEGORY
 from .inputs import (guidance_inputs, keyframe_encoding_inputs, recurrence_inputs, scheduler_input, size_inputs,
@@ -56,9 +55,8 @@ def gather_keyframes(images, keyframes: dict, width: int, height: int, resize: s
     shapes = {tuple(image.shape[1:]) for _, image in given}
     parts = [image for _, image in given]
     if len(shapes) > 1:  # fitting makes width x height images: the request is checked first
-        check_request(sum(image.shape[0] for _, image in given), KeyframeEncoding(width, height, resize=resize), frames)
-        for name, image in given:
-            check_crop(name, image[0], width, height, resize)
+        check_request([(name, one) for name, image in given for one in image], KeyframeEncoding(width, height,
+                                                                                             resize=resize), frames)
         parts = [fit_image(image, width, height, resize) for image in parts]
     return torch.cat(parts)
 

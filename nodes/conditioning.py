@@ -4,7 +4,7 @@ import torch
 from comfy_api.latest import io
 
 from ..conditioning.keyframes import KeyframeEncoding, empty_video_latent, encode_keyframes
-from ..samplers.request import MAX_FRAMES, check_crop, check_encode_fits, check_frames, check_size, check_video_fits
+from ..samplers.request import MAX_FRAMES, check_video
 from ..samplers.validation import fail, labelled
 from .common import CATEGORY
 from .inputs import keyframe_encoding_inputs, size_inputs
@@ -50,13 +50,9 @@ class SVDInbetweenConditioning(io.ComfyNode):
                     fail(name, f"expected one image, got a batch of shape {tuple(img.shape)}")
                 if not torch.isfinite(img).all():
                     fail(name, "contains NaN or Inf")
-            check_size(width, height)
-            check_frames("video_frames", video_frames)
-            for name, img in (("start_image", start_image), ("end_image", end_image)):
-                check_crop(name, img, width, height, resize)
-            check_video_fits("video_frames", video_frames, width, height, keyframes=2)
-            check_encode_fits(vae, width, height)
-        encoding = KeyframeEncoding(width, height, motion_bucket_id, fps, augmentation_level, resize)
+            encoding = KeyframeEncoding(width, height, motion_bucket_id, fps, augmentation_level, resize)
+            check_video(encoding, "video_frames", video_frames, [("start_image", start_image[0]),
+                                                                 ("end_image", end_image[0])], vae)
         _, ((pos_s, neg_s), (pos_e, neg_e)) = encode_keyframes(clip_vision, vae, [start_image, end_image], encoding,
                                                                noise_seed, video_frames)
         return io.NodeOutput(pos_s, neg_s, pos_e, neg_e,

@@ -18,7 +18,7 @@ from .chain_guider import SVDInbetweenChainGuider
 from .guider import SVDInbetweenGuider
 from .run import check_conds, check_guider_settings, check_sampling_settings, log_run, run_guider, sampler_for
 from .settings import GenerationSettings, KeyframeConds
-from .request import check_crop, check_encode_fits, check_frames, check_resize, check_size, check_video_fits
+from .request import check_video
 from .validation import check_images, labelled
 from .windows import boundaries, chain_windows, parse_frame_counts, with_frames
 
@@ -26,16 +26,12 @@ if TYPE_CHECKING:
     from comfy.model_patcher import ModelPatcher
 
 
-def check_request(keyframes: int, encoding: KeyframeEncoding, frames: str | int) -> list[int]:
+def check_request(keyframes: list[tuple[str, torch.Tensor]], encoding: KeyframeEncoding, frames: str | int,
+                  vae=None) -> list[int]:
     """A chain's shape before any tensor is made (the node calls it before fitting keyframes of several sizes):
-    the size rule, the frame counts and the one frame cap on the whole video, the latent and keyframes in memory.
-    -> the frame count of each segment."""
-    check_size(encoding.width, encoding.height)
-    check_resize(encoding.resize)
-    counts = parse_frame_counts(frames, keyframes - 1)
-    total = chain_windows(counts)[-1][1]
-    check_frames("frames", total)
-    check_video_fits("frames", total, encoding.width, encoding.height, keyframes=keyframes)
+    the frame counts, then the whole video as request.check_video sees it. -> the frame count of each segment."""
+    counts = parse_frame_counts(frames, len(keyframes) - 1)
+    check_video(encoding, "frames", chain_windows(counts)[-1][1], keyframes, vae)
     return counts
 
 
@@ -52,10 +48,7 @@ def sample_chain(node: str, model: ModelPatcher, clip_vision, vae, images: torch
         check_images(images)
         check_guider_settings(model, settings)
         check_sampling_settings(settings)
-        counts = check_request(images.shape[0], encoding, frames)
-        for i in range(images.shape[0]):
-            check_crop("images", images[i], encoding.width, encoding.height, encoding.resize)
-        check_encode_fits(vae, encoding.width, encoding.height)
+        counts = check_request([("images", image) for image in images], encoding, frames, vae)
         keys, conds = encode_keyframes(clip_vision, vae, [images[i:i + 1] for i in range(images.shape[0])],
                                        encoding, settings.seed, counts[0])
         windows = chain_windows(counts)

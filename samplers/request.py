@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..conditioning.keyframes import RESIZE_MODES, crop_keeps
+from ..conditioning.keyframes import RESIZE_MODES, KeyframeEncoding, crop_keeps
 from .validation import MIN_FRAMES, check_choice, fail
 
 if TYPE_CHECKING:
@@ -49,7 +49,6 @@ def check_resize(resize: str) -> None:
 
 def check_crop(name: str, image: torch.Tensor, width: int, height: int, resize: str) -> None:
     """resize crop keeps the centre of the keyframe at the video's aspect ratio: it must keep some pixels."""
-    check_resize(resize)
     if resize != "crop":
         return
     h, w = int(image.shape[-3]), int(image.shape[-2])
@@ -90,6 +89,21 @@ def check_encode_fits(vae, width: int, height: int) -> None:
     if need > total:
         fail("width", f"encoding one {width}x{height} keyframe needs about {need / GIB:.1f} GiB (ComfyUI's estimate), "
              f"more than this machine's {device} has in all ({total / GIB:.1f} GiB): lower width and height")
+
+
+def check_video(encoding: KeyframeEncoding, frames_input: str, frames: int, keyframes: list[tuple[str, torch.Tensor]],
+                vae=None) -> None:
+    """A video request, whole: the size rule, the resize, the frame cap, each keyframe's crop (named by its input),
+    the latent and keyframes against memory and, given the VAE, one keyframe's encode."""
+    width, height = encoding.width, encoding.height
+    check_size(width, height)
+    check_resize(encoding.resize)
+    check_frames(frames_input, frames)
+    for name, image in keyframes:
+        check_crop(name, image, width, height, encoding.resize)
+    check_video_fits(frames_input, frames, width, height, keyframes=len(keyframes))
+    if vae is not None:
+        check_encode_fits(vae, width, height)
 
 
 def check_call_fits(needed: float, x: torch.Tensor, device) -> None:
