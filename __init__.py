@@ -12,15 +12,18 @@ WEB_DIRECTORY = "./web"
 
 
 def register_model_folder() -> None:
+    """models/svd_inbetween (backward weights, safetensors) and models/lpips (the LPIPS backbone Wan Anchor Frame
+    reads: torchvision's ImageNet file, loaded with weights_only)."""
     import os
 
     import folder_paths
 
-    from .nodes.common import MODEL_FOLDER
-    if MODEL_FOLDER not in folder_paths.folder_names_and_paths:
-        folder_paths.add_model_folder_path(MODEL_FOLDER, os.path.join(folder_paths.models_dir, MODEL_FOLDER))
-    paths, _ = folder_paths.folder_names_and_paths[MODEL_FOLDER]
-    folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, {".safetensors"})
+    from .nodes.common import LPIPS_FOLDER, MODEL_FOLDER
+    for folder, exts in ((MODEL_FOLDER, {".safetensors"}), (LPIPS_FOLDER, {".pth", ".safetensors"})):
+        if folder not in folder_paths.folder_names_and_paths:
+            folder_paths.add_model_folder_path(folder, os.path.join(folder_paths.models_dir, folder))
+        paths, _ = folder_paths.folder_names_and_paths[folder]
+        folder_paths.folder_names_and_paths[folder] = (paths, exts)
 
 
 def _hide_templates_this_host_cannot_run() -> None:

@@ -7,7 +7,9 @@ def node_list() -> list:
     from .conditioning import SVDInbetweenConditioning
     from .sampler import (SVDInbetweenGuider, SVDInbetweenMPDSampler, SVDInbetweenRecurrentEuler, SVDInbetweenSampler,
                           SVDInbetweenViBiDSampler)
+    from .wan import SVDInbetweenWanAnchor, SVDInbetweenWanDecode, SVDInbetweenWanKeyframes
     from .weights import SVDInbetweenLoadBackwardWeights
     return [SVDInbetweenConditioning, SVDInbetweenLoadBackwardWeights, SVDInbetweenSampler,
             SVDInbetweenGuider, SVDInbetweenRecurrentEuler, SVDInbetweenViBiDSampler, SVDInbetweenMPDSampler,
-            SVDInbetweenChain]
+            SVDInbetweenChain, SVDInbetweenWanKeyframes, SVDInbetweenWanDecode,
+            SVDInbetweenWanAnchor]

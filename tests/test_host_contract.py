@@ -176,6 +176,24 @@ CONTRACTS = [
     Contract("execution:CacheType", "client/comfy_session.py new_prompt_executor", attrs=("CLASSIC",)),
     Contract("execution:validate_prompt", "client/comfy_session.py ComfySession.run",
              params=("prompt_id", "prompt"), check=_is_async),
+    # --- Wan (wan/pieces.py, nodes/wan.py): the VAE's public calls, the conds WAN21.concat_cond reads
+    Contract("comfy.sd:VAE.encode", "wan/pieces.py encode (one causal piece at a time)", params=("pixel_samples",)),
+    Contract("comfy.sd:VAE.decode", "wan/pieces.py decode (one causal piece at a time)", params=("samples_in",)),
+    Contract("comfy.sd:VAE", "wan/pieces.py is_wan21_vae",
+             attrs=("temporal_compression_decode", "spacial_compression_encode"), check=_sets("latent_channels")),
+    Contract("comfy.model_base:WAN21.concat_cond", "nodes/wan.py (concat_latent_image, concat_mask [1, 4, T, h, w] "
+             "read as 1 - mask)", check=lambda f: next((f"no longer reads {k}" for k in (
+                 '"concat_latent_image"', '"concat_mask"') if k not in inspect.getsource(f)), None)),
+    Contract("comfy.model_base:WAN21.extra_conds", "nodes/wan.py (clip_vision_output's penultimate_hidden_states)",
+             check=lambda f: None if '"clip_vision_output"' in inspect.getsource(f)
+             else "no longer reads clip_vision_output"),
+    Contract("comfy.clip_vision:Output", "nodes/wan.py _clip_vision (start and end tokens side by side)"),
+    Contract("node_helpers:conditioning_set_values", "nodes/wan.py SVDInbetweenWanKeyframes",
+             params=("conditioning", "values")),
+    Contract("comfy.model_management:intermediate_device", "nodes/wan.py (the empty latent's device)"),
+    Contract("comfy.model_management:get_torch_device", "nodes/wan.py lpips_distance"),
+    Contract("folder_paths:get_full_path", "nodes/wan.py lpips_distance (models/lpips)",
+             params=("folder_name", "filename")),
     # --- the server: the template listing the pack filters (tests/test_host_film.py runs it on a real server)
     Contract("server:PromptServer", "__init__.py / templates.py install (PromptServer.instance.app.middlewares)",
              check=lambda cls: _sets("app")(cls) or (None if "PromptServer.instance = self" in inspect.getsource(cls)

@@ -10,11 +10,13 @@ import sys
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Packages whose modules must form a DAG with imports only at module level.
-STRICT = ("samplers", "attention_patch", "client")
+STRICT = ("samplers", "attention_patch", "client", "wan")
 # Packages whose cross-package arrows must go down this order (nodes may import all below it).
 LAYERS = ("nodes", "samplers", "attention_patch")
 # The ComfyUI API client serves the commands and never imports them.
 CLIENT, COMMANDS = "client", "cli"
+# The Wan room sits beside the SVD rooms: it may use their shared pieces, none of them imports it.
+WAN, SVD_ROOMS = "wan", ("samplers", "attention_patch", "conditioning", "weights", "evaluation", "bench")
 
 
 def _module_name(path: str) -> str:
@@ -48,7 +50,7 @@ def package_modules(package: str) -> dict[str, str]:
 
 def imports(package: str) -> dict[str, list[tuple[str, int, bool]]]:
     """module -> [(imported pack module, line, at module level)] for the package's modules."""
-    packages = LAYERS + ("conditioning", "weights", COMMANDS, CLIENT, "bench", "evaluation")
+    packages = LAYERS + ("conditioning", "weights", COMMANDS, CLIENT, "bench", "evaluation", WAN)
     known = {m for p in packages if os.path.isdir(os.path.join(REPO, p))
              for m in package_modules(p)}
     out = {}
@@ -124,6 +126,12 @@ def test_client_never_imports_the_commands():
     up = [f"{m} -> {t} (line {line})" for m, edges in imports(CLIENT).items() for t, line, _ in edges
           if t.split(".")[0] == COMMANDS]
     assert not up, f"{CLIENT}/ imports {COMMANDS}/, which uses it: {up}"
+
+
+def test_svd_rooms_never_import_the_wan_room():
+    up = [f"{m} -> {t} (line {line})" for p in SVD_ROOMS for m, edges in imports(p).items()
+          for t, line, _ in edges if t.split(".")[0] == WAN]
+    assert not up, f"SVD code imports {WAN}/: {up}"
 
 
 if __name__ == "__main__":

@@ -1,0 +1,210 @@
+"""Host: Wan Keyframes to Video, Wan Keyframe Decode and Wan Anchor Frame on tiny random Wan 2.1 models in the real
+host: the native layout equals WanFirstLastFrameToVideo bit for bit, the separate layout is the AFB authors' (mask,
+latent frames) with each keyframe's latent the VAE's encoding of that keyframe alone, the decode gives exactly the
+clip's frames with every keyframe at its place, the anchor is the reverse clip's frame, and bad input stops before
+any model call."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import afb_reference as ref
+
+pytestmark = pytest.mark.host
+
+SIZE = 64
+
+
+@pytest.fixture(scope="module")
+def wan():
+    import tiny_wan as tw
+    models = tw.tiny_wan_models()
+    g = torch.Generator().manual_seed(11)
+    models["images"] = torch.rand(4, SIZE, SIZE, 3, generator=g)
+    models["text"] = tw.tiny_wan_text_conds()
+    import nodes
+    models["cv"] = [nodes.CLIPVisionEncode().encode(models["clip_vision"], models["images"][i:i + 1], "none")[0]
+                    for i in range(2)]
+    return models
+
+
+def keyframes(wan, frames, layout, anchors=0, position=-1, strengths=(1.0, 1.0, 1.0), clip=True, batch=1, **kw):
+    from svd_inbetween.nodes.wan import SVDInbetweenWanKeyframes
+    pos, neg = wan["text"]
+    im = wan["images"]
+    return SVDInbetweenWanKeyframes.execute(
+        pos, neg, wan["vae"], im[:1], im[3:4], SIZE, SIZE, frames, layout, batch, *strengths, position,
+        im[1:1 + anchors] if anchors else None, wan["cv"][0] if clip else None, wan["cv"][1] if clip else None,
+        **kw).args
+
+
+def ksampler(model, pos, neg, latent, seed=5, steps=2):
+    import nodes
+    return nodes.common_ksampler(model, seed, steps, 3.0, "euler", "simple", pos, neg, latent)[0]
+
+
+def test_inside_layout_is_wan_first_last_frame_to_video_bit_for_bit(wan):
+    from comfy_extras.nodes_wan import WanFirstLastFrameToVideo
+    pos, neg = wan["text"]
+    im = wan["images"]
+    for frames, batch in ((9, 1), (13, 2)):
+        n_pos, n_neg, n_lat = WanFirstLastFrameToVideo.execute(
+            pos, neg, wan["vae"], SIZE, SIZE, frames, batch, start_image=im[:1], end_image=im[3:4],
+            clip_vision_start_image=wan["cv"][0], clip_vision_end_image=wan["cv"][1]).args
+        o_pos, o_neg, o_lat = keyframes(wan, frames, "inside", batch=batch)
+        assert torch.equal(o_lat["samples"], n_lat["samples"])
+        for ours, theirs in ((o_pos, n_pos), (o_neg, n_neg)):
+            a, b = ours[0][1], theirs[0][1]
+            assert torch.equal(a["concat_latent_image"], b["concat_latent_image"])
+            assert torch.equal(a["concat_mask"], b["concat_mask"]) and a["concat_mask"].dtype == b["concat_mask"].dtype
+            assert torch.equal(a["clip_vision_output"].penultimate_hidden_states,
+                               b["clip_vision_output"].penultimate_hidden_states)
+            assert torch.equal(ours[0][0], theirs[0][0])
+        # and so the sampled latents are equal too
+        assert torch.equal(ksampler(wan["model"], o_pos, o_neg, o_lat)["samples"],
+                           ksampler(wan["model"], n_pos, n_neg, n_lat)["samples"])
+
+
+@pytest.mark.parametrize("frames,anchors,m", [(6, 0, None), (10, 0, None), (7, 1, 0), (11, 1, 1), (11, 1, 0)])
+def test_separate_layout_is_the_authors_with_each_keyframe_encoded_alone(wan, frames, anchors, m):
+    import comfy.utils
+    position = 1 + 4 * m if anchors else -1
+    pos, neg, latent = keyframes(wan, frames, "separate", anchors, position)
+    k = anchors + 2
+    theirs = ref.mask(frames, k, m, SIZE // 8, SIZE // 8)
+    extra = pos[0][1]
+    assert latent["samples"].shape == (1, 16, ref.noise_frames(frames, k), SIZE // 8, SIZE // 8)
+    assert torch.equal(1.0 - extra["concat_mask"][0], theirs)
+    cond = extra["concat_latent_image"]
+    assert cond.shape == latent["samples"].shape
+    im = wan["images"]
+    fitted = comfy.utils.common_upscale(torch.cat([im[:1], im[1:1 + anchors], im[3:4]]).movedim(-1, 1), SIZE, SIZE,
+                                        "bilinear", "center").movedim(1, -1)
+    at = [t for t in range(theirs.shape[1]) if theirs[0, t, 0, 0] == 1]
+    assert len(at) == k
+    for i, t in enumerate(at):  # each keyframe's latent frame: the VAE's encoding of that keyframe alone
+        assert torch.equal(cond[:, :, t:t + 1], wan["vae"].encode(fitted[i:i + 1])), (i, t)
+
+
+def test_decode_gives_the_clip_with_every_keyframe_at_its_place(wan):
+    from svd_inbetween.nodes.wan import SVDInbetweenWanDecode
+    from svd_inbetween.wan.pieces import LAYOUT_KEY
+    for frames, layout, anchors in ((6, "separate", 0), (11, "separate", 1), (9, "inside", 1), (16, "separate", 2)):
+        pos, neg, latent = keyframes(wan, frames, layout, anchors)
+        positions = latent[LAYOUT_KEY]["positions"]
+        out = ksampler(wan["model"], pos, neg, latent)
+        assert out[LAYOUT_KEY] == latent[LAYOUT_KEY]  # the sampler carries the layout along
+        video = SVDInbetweenWanDecode.execute(out, wan["vae"]).args[0]
+        assert video.shape == (frames, SIZE, SIZE, 3)
+        # the conditioning latent decodes to each keyframe's own decode at its position
+        cond = {"samples": pos[0][1]["concat_latent_image"], LAYOUT_KEY: latent[LAYOUT_KEY]}
+        clip = SVDInbetweenWanDecode.execute(cond, wan["vae"]).args[0]
+        assert clip.shape[0] == frames
+        if layout == "separate":
+            for i, p in enumerate(positions):
+                t = [a for a, _ in __import__("svd_inbetween.wan.pieces", fromlist=["x"]).layout_from_record(
+                    latent[LAYOUT_KEY]).latent_pieces()][i]
+                alone = wan["vae"].decode(cond["samples"][:, :, t:t + 1])[0, 0]
+                assert torch.equal(clip[p], alone), (frames, i, p)
+    # a plain Wan latent decodes as VAEDecode does
+    import nodes
+    plain = {"samples": torch.randn(1, 16, 3, SIZE // 8, SIZE // 8, generator=torch.Generator().manual_seed(0))}
+    assert torch.equal(SVDInbetweenWanDecode.execute(plain, wan["vae"]).args[0],
+                       nodes.VAEDecode().decode(wan["vae"], plain)[0])
+
+
+def test_sampling_is_deterministic_and_strength_matters(wan):
+    pos, neg, latent = keyframes(wan, 7, "separate", 1)
+    a = ksampler(wan["model"], pos, neg, latent)["samples"]
+    assert torch.isfinite(a).all() and torch.equal(a, ksampler(wan["model"], pos, neg, latent)["samples"])
+    pos2, neg2, _ = keyframes(wan, 7, "separate", 1, strengths=(1.0, 1.0, 0.5))
+    assert (ksampler(wan["model"], pos2, neg2, latent)["samples"] - a).abs().max() > 1e-4
+    if wan["flf_model"] is not None:  # the FLF2V model takes the native layout, with an anchor
+        pos, neg, latent = keyframes(wan, 9, "inside", 1)
+        assert torch.isfinite(ksampler(wan["flf_model"], pos, neg, latent)["samples"]).all()
+
+
+def bad(wan, match, **kw):
+    from svd_inbetween.samplers.validation import InbetweenInputError
+    with pytest.raises(InbetweenInputError, match=match):
+        keyframes(wan, **kw)
+
+
+def test_bad_input_is_an_error_naming_node_and_input(wan):
+    bad(wan, r"SVDInbetweenWanKeyframes: input 'frames': frames 8 does not fit .* use 6 or 10",
+        frames=8, layout="separate")
+    bad(wan, r"input 'frames': frames 10 does not fit the 'inside' layout.*use 9 or 13", frames=10, layout="inside")
+    bad(wan, r"input 'anchor_position': anchor_position 10 is outside the clip", frames=11, layout="separate", anchors=1,
+        position=10)
+    bad(wan, r"input 'anchor_position': places one anchor image, but anchor_image holds 2", frames=14,
+        layout="separate", anchors=2, position=5)
+    bad(wan, r"input 'layout'", frames=9, layout="diagonal")
+    from svd_inbetween.nodes.wan import SVDInbetweenWanKeyframes
+    from svd_inbetween.samplers.validation import InbetweenInputError
+    pos, neg = wan["text"]
+    im = wan["images"]
+    with pytest.raises(InbetweenInputError, match=r"input 'end_image': is 32x64 but start_image is 64x64"):
+        SVDInbetweenWanKeyframes.execute(pos, neg, wan["vae"], im[:1], im[3:4, :, :32], SIZE, SIZE, 6, "separate", 1,
+                                         1.0, 1.0, 1.0, -1)
+    import tiny_models
+    with pytest.raises(InbetweenInputError, match=r"input 'vae': expects the Wan 2.1 VAE .* 4 channels"):
+        SVDInbetweenWanKeyframes.execute(pos, neg, tiny_models.tiny_vae(), im[:1], im[3:4], SIZE, SIZE, 6,
+                                         "separate", 1, 1.0, 1.0, 1.0, -1)
+    from svd_inbetween.nodes.wan import SVDInbetweenWanDecode
+    with pytest.raises(InbetweenInputError, match=r"SVDInbetweenWanDecode: input 'samples': has 5 latent frames"):
+        _, _, latent = keyframes(wan, 6, "separate")
+        SVDInbetweenWanDecode.execute(dict(latent, samples=torch.zeros(1, 16, 5, 8, 8)), wan["vae"])
+
+
+# ---------------------------------------------------------------- Wan Anchor Frame with the real LPIPS
+
+
+@pytest.fixture(scope="module")
+def lpips_folder(tmp_path_factory):
+    """A random AlexNet in torchvision's file name, in a models/lpips folder the host knows (no download)."""
+    import folder_paths
+    import torchvision
+    import svd_inbetween
+    from svd_inbetween.evaluation.features import LPIPS_BACKBONES
+    svd_inbetween.register_model_folder()
+    folder = tmp_path_factory.mktemp("lpips")
+    torch.manual_seed(0)
+    torch.save(torchvision.models.alexnet(weights=None).state_dict(), os.path.join(folder, LPIPS_BACKBONES["alex"].filename))
+    paths, exts = folder_paths.folder_names_and_paths["lpips"]
+    folder_paths.folder_names_and_paths["lpips"] = ([str(folder)] + list(paths), exts)
+    yield folder
+    folder_paths.folder_names_and_paths["lpips"] = (paths, exts)
+
+
+def smooth(frames, seed):
+    g = torch.Generator().manual_seed(seed)
+    a, b = torch.rand(2, 1, SIZE, SIZE, 3, generator=g)
+    t = torch.linspace(0, 1, frames)[:, None, None, None]
+    return a * (1 - t) + b * t
+
+
+def test_anchor_is_the_reverse_clips_frame_at_the_mirrored_breakpoint(lpips_folder):
+    from svd_inbetween.nodes.wan import SVDInbetweenWanAnchor
+    forward, reverse = smooth(22, 0), smooth(22, 1)
+    forward[13] = torch.rand(SIZE, SIZE, 3, generator=torch.Generator().manual_seed(3))
+    image, position, scores = SVDInbetweenWanAnchor.execute(forward, reverse, 1, "alex").args
+    assert position == 13 and torch.equal(image[0], reverse[22 - 1 - 13])
+    values = [float(s) for s in scores.split(",")]
+    assert len(values) == 22 and max(values[1:-1]) == values[13]
+    # the time-reversed clip gives the mirrored breakpoint
+    _, mirrored, _ = SVDInbetweenWanAnchor.execute(forward.flip(0), reverse, 1, "alex").args
+    assert mirrored == 22 - 1 - 13
+
+
+def test_anchor_bad_input(lpips_folder):
+    from svd_inbetween.nodes.wan import SVDInbetweenWanAnchor
+    from svd_inbetween.samplers.validation import InbetweenInputError
+    with pytest.raises(InbetweenInputError, match=r"input 'reverse_video': has 10 frames, fewer than forward_video's 12"):
+        SVDInbetweenWanAnchor.execute(smooth(12, 0), smooth(10, 1), 1, "alex")
+    with pytest.raises(InbetweenInputError, match=r"input 'edge_frames'"):
+        SVDInbetweenWanAnchor.execute(smooth(6, 0), smooth(6, 1), 3, "alex")
+    with pytest.raises(InbetweenInputError, match=r"input 'lpips_net': LPIPS \(vgg\) needs .*vgg16-397923af.pth.*"
+                                                  r"models/lpips/.*never downloads"):
+        SVDInbetweenWanAnchor.execute(smooth(6, 0), smooth(6, 1), 1, "vgg")
