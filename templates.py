@@ -19,6 +19,12 @@ log = logging.getLogger(__name__)
 PACK_DIR = os.path.dirname(os.path.abspath(__file__))
 WORKFLOWS = os.path.join(PACK_DIR, "workflows")
 LISTING_PATHS = frozenset({"/workflow_templates", "/api/workflow_templates"})
+# Templates renamed after the mode they run (issue 28): old name -> new name. The one alias table: `svd-inbetween
+# run/eval/serve-check --workflow` take an old name or an old workflows/api path and load the new file; a user's
+# own copy of an old template runs as it is (node ids and inputs unchanged, tests/data/shipped_before).
+RENAMED = {"svd_inbetween_full": "svd_inbetween_gi",
+           "svd_inbetween_custom_advanced": "svd_inbetween_gi_custom_advanced",
+           "svd_inbetween_vibid_custom_advanced": "svd_inbetween_vibid_gi_custom_advanced"}
 
 
 def template_nodes(path: str) -> set[str]:

@@ -1,5 +1,5 @@
 """`svd-inbetween run`: a client of ComfyUI's HTTP/websocket API. Keyframe pairs become prompts of an
-API-format workflow (default: the shipped full workflow) spread over one or more servers; with no
+API-format workflow (default: the shipped svd_inbetween_gi workflow) spread over one or more servers; with no
 --server, a private server is started for the run and stopped at the end (the same code path)."""
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ from ..samplers.execution import EXECUTIONS
 from ..conditioning.keyframes import IMAGE_EXTS, RESIZE_MODES
 from ..client.comfy_session import PACK_DIR
 from ..client.transport import ServerAddress, add_transport_args
+from ..templates import RENAMED
 
 log = logging.getLogger(__name__)
-WORKFLOW = os.path.join(PACK_DIR, "workflows", "api", "svd_inbetween_full.json")
+SHIPPED = os.path.join(PACK_DIR, "workflows", "api")
+WORKFLOW = os.path.join(SHIPPED, "svd_inbetween_gi.json")
 GENERATION_FLAGS = ("width", "height", "frames", "steps", "seed", "cfg", "mode", "recurrence", "recurrence_ratio",
                     "forward_weight", "execution", "motion_bucket_id", "fps", "resize")
 MODEL_FOLDERS = {"checkpoint": "checkpoints", "backward": "svd_inbetween"}
@@ -56,7 +58,9 @@ def add_generation_args(p: argparse.ArgumentParser, seed_help: str | None = None
     """Workflow, models and sampler settings shared by `run`, `eval` and `serve-check`. A setting that is not
     given keeps the workflow's value (the shipped workflows hold the paper's defaults)."""
     w = p.add_argument_group("workflow (settings not given keep the workflow's values)")
-    w.add_argument("--workflow", help="API-format workflow (default: workflows/api/svd_inbetween_full.json)")
+    w.add_argument("--workflow", metavar="NAME_OR_PATH",
+                   help="API-format workflow: a file, or the name of a shipped one (e.g. svd_inbetween_vibid; "
+                        "the names before the renames load their new files) (default: svd_inbetween_gi)")
     w.add_argument("--start-node", help="id or title of the LoadImage node for the start keyframe (default: "
                                         "the node titled 'Start frame')")
     w.add_argument("--end-node", help="... for the end keyframe (default: the node titled 'End frame')")
@@ -186,13 +190,14 @@ def build_prompt(args) -> tuple[dict, tuple[str, str], dict[str, str]]:
     """The workflow with every flag applied, its keyframe node ids, and model folders for a private server."""
     from .workflow import (apply_flags, apply_mode_settings, apply_models, apply_sets, drop_backward_weights,
                            keyframe_nodes, load_workflow, mode_of)
-    prompt = load_workflow(args.workflow or WORKFLOW)
+    path = resolve_workflow(args.workflow)
+    prompt = load_workflow(path)
     nodes = keyframe_nodes(prompt, args.start_node, args.end_node)
     model_dirs: dict[str, str] = {}
     models = {flag: model_value(getattr(args, flag), folder, model_dirs) for flag, folder in MODEL_FOLDERS.items()}
     apply_models(prompt, models)
     apply_flags(prompt, {k: getattr(args, k, None) for k in GENERATION_FLAGS})
-    if getattr(args, "mode", None) and is_shipped(args.workflow):  # a shipped template's steps and cfg are its mode's
+    if getattr(args, "mode", None) and is_shipped(path):  # a shipped template's steps and cfg are its mode's
         apply_mode_settings(prompt, args.mode, {k: getattr(args, k, None) is not None for k in ("steps", "cfg")})
     if not args.workflow and not args.backward and mode_of(prompt) not in BACKWARD_WEIGHT_MODES:
         drop_backward_weights(prompt)  # the shipped workflow without weights the mode does not use
@@ -200,9 +205,25 @@ def build_prompt(args) -> tuple[dict, tuple[str, str], dict[str, str]]:
     return prompt, nodes, model_dirs
 
 
+def resolve_workflow(workflow: str | None) -> str:
+    """The file `--workflow` names: the default; a shipped workflow's name (`svd_inbetween_vibid`, with or without
+    .json); a renamed one's old name or old workflows/api path (templates.RENAMED), as the new file; else the path.
+    A file of the user's own that exists is theirs whatever its name."""
+    if not workflow:
+        return WORKFLOW
+    if os.path.exists(workflow):
+        return workflow
+    folder, stem = os.path.split(workflow[:-len(".json")] if workflow.endswith(".json") else workflow)
+    if folder and os.path.abspath(folder) != SHIPPED:
+        return workflow
+    stem = RENAMED.get(stem, stem)
+    shipped = os.path.join(SHIPPED, stem + ".json")
+    return shipped if os.path.exists(shipped) else workflow
+
+
 def is_shipped(workflow: str | None) -> bool:
     """The default workflow or another of the pack's workflows/api: its settings are its template's, not the user's."""
-    return workflow is None or os.path.dirname(os.path.abspath(workflow)) == os.path.dirname(WORKFLOW)
+    return workflow is None or os.path.dirname(os.path.abspath(resolve_workflow(workflow))) == SHIPPED
 
 
 def server_addresses(args) -> list[ServerAddress]:

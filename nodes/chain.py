@@ -67,7 +67,7 @@ class SVDInbetweenChain(io.ComfyNode):
         g = guidance_inputs()
         return io.Schema(
             node_id=NODE_ID,
-            display_name="SVD Inbetween Keyframe Chain",
+            display_name="SVD Inbetween Chain",
             category=CATEGORY,
             description="N keyframes -> one video of N-1 inbetween segments, each keyframe exactly at its segment "
                         "boundary, no repeated frames. The segments are sampled together (one seed, one noise, "

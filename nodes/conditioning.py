@@ -25,11 +25,13 @@ class SVDInbetweenConditioning(io.ComfyNode):
                 io.Image.Input("start_image", tooltip="The first frame of the video (one image, any size)."),
                 io.Image.Input("end_image", tooltip="The last frame of the video (one image, any size)."),
                 *size_inputs(),
-                io.Int.Input("video_frames", default=25, min=3, max=MAX_FRAMES,
+                # shown as `frames` and `seed`, the chain's and the sampler's names; the ids stay (API prompts)
+                io.Int.Input("video_frames", display_name="frames", default=25, min=3, max=MAX_FRAMES,
                              tooltip="Frames in the video, keyframes included: 25 for SVD-XT, 14 for SVD. More frames give "
                                      "slower motion and take longer."),
                 *keyframe_encoding_inputs(),
-                io.Int.Input("noise_seed", default=0, min=0, max=0xffffffffffffffff, control_after_generate=True,
+                io.Int.Input("noise_seed", display_name="seed", default=0, min=0, max=0xffffffffffffffff,
+                             control_after_generate=True,
                              tooltip="Seed of the keyframe noise (augmentation_level); change it for another variant."),
             ],
             outputs=[
@@ -37,7 +39,7 @@ class SVDInbetweenConditioning(io.ComfyNode):
                 io.Conditioning.Output("negative_start", tooltip="Forward pass, unconditional."),
                 io.Conditioning.Output("positive_end", tooltip="Backward pass, conditioned on the end frame."),
                 io.Conditioning.Output("negative_end", tooltip="Backward pass, unconditional."),
-                io.Latent.Output("latent", tooltip="Empty video latent of video_frames frames."),
+                io.Latent.Output("latent", tooltip="Empty video latent of `frames` frames."),
             ],
         )
 

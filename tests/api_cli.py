@@ -28,7 +28,7 @@ def cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def tiny_workflow(path: str, weights: str, save_latent: bool = False, **sampler) -> str:
     """The shipped full workflow with the tiny models (tests/tiny_pack) at 64x64x5, 2 steps."""
     from comfy_job import tiny_prompt
-    with open(os.path.join(REPO, "workflows", "api", "svd_inbetween_full.json")) as f:
+    with open(os.path.join(REPO, "workflows", "api", "svd_inbetween_gi.json")) as f:
         prompt = tiny_prompt(json.load(f), weights)
     sampler_id = next(k for k, n in prompt.items() if n["class_type"] == "SVDInbetweenSampler")
     prompt[sampler_id]["inputs"].update(sampler)

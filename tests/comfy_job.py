@@ -2,7 +2,8 @@
 
 Usage: python comfy_job.py JOB.json  -> prints one JSON line (prefixed RESULT:) with what
 the job produced. Jobs:
-  workflows: run every shipped API workflow with the tiny models swapped in.
+  workflows: run every shipped API workflow with the tiny models swapped in; with "before": a folder, its API
+             workflows too (the files shipped before a rename), under result key "before".
 """
 from __future__ import annotations
 
@@ -81,23 +82,31 @@ def job_workflows(job: dict) -> dict:
     import nodes
     from svd_inbetween.templates import unavailable_templates
     hidden = set(unavailable_templates(nodes.NODE_CLASS_MAPPINGS))  # what this host does not list
-    results = {}
-    api_dir = os.path.join(REPO, "workflows", "api")
-    for fname in sorted(os.listdir(api_dir)):
-        if fname[:-len(".json")] in hidden:
-            continue
-        with open(os.path.join(api_dir, fname)) as f:
-            prompt = tiny_prompt(json.load(f), weights, tiny_models.TINY_FILM)
-        res = session.run(prompt)
-        videos = []
-        for out in res.outputs.values():
-            for item in out.get("images", []):
-                path = os.path.join(base, "output", item.get("subfolder", ""), item["filename"])
-                videos.append(video_info(path))
-        # node 6 makes the video latent; find its LATENT among its outputs (the chain's is the second)
-        latent = next(o[0] for o in session.node_output("6") if isinstance(o[0], dict))["samples"]
-        results[fname] = {"videos": videos, "latent_shape": list(latent.shape),
-                          "latent_sum": float(latent.double().sum())}
+
+    def run_folder(api_dir: str) -> dict:
+        results = {}
+        for fname in sorted(os.listdir(api_dir)):
+            if fname[:-len(".json")] in hidden:
+                continue
+            with open(os.path.join(api_dir, fname)) as f:
+                prompt = tiny_prompt(json.load(f), weights, tiny_models.TINY_FILM)
+            res = session.run(prompt)
+            videos = []
+            for out in res.outputs.values():
+                for item in out.get("images", []):
+                    path = os.path.join(base, "output", item.get("subfolder", ""), item["filename"])
+                    # the filename prefix it was saved under: <subfolder>/<name>_00001_.mp4
+                    videos.append({**video_info(path), "prefix": "/".join(
+                        [item.get("subfolder", ""), item["filename"].rsplit("_", 2)[0]]).lstrip("/")})
+            # node 6 makes the video latent; find its LATENT among its outputs (the chain's is the second)
+            latent = next(o[0] for o in session.node_output("6") if isinstance(o[0], dict))["samples"]
+            results[fname] = {"videos": videos, "latent_shape": list(latent.shape),
+                              "latent_sum": float(latent.double().sum())}
+        return results
+
+    results = run_folder(os.path.join(REPO, "workflows", "api"))
+    if job.get("before"):
+        results["before"] = run_folder(job["before"])
     return results
 
 

@@ -26,6 +26,7 @@ import shutil
 import pytest
 
 import browser_ui as bui
+from doc_screenshots import shown_screenshots
 from host import NODE_IDS, REPO
 from ui_format import api_as_host_reads, load_workflow, workflow_names
 
@@ -158,9 +159,10 @@ def _chromium() -> str:
 
 
 def keep(shot: str, name: str) -> None:
-    """Copy a screenshot to SVD_INBETWEEN_SCREENSHOT_DIR (e.g. docs/screenshots) when set."""
+    """Copy a screenshot to SVD_INBETWEEN_SCREENSHOT_DIR (e.g. docs/screenshots) when set, if a doc page shows
+    one of that name (doc_screenshots.py): the test takes every configuration's, the docs show one of each."""
     target = os.environ.get("SVD_INBETWEEN_SCREENSHOT_DIR")
-    if target:
+    if target and name in shown_screenshots():
         os.makedirs(target, exist_ok=True)
         shutil.copy(shot, os.path.join(target, name))
 
@@ -321,7 +323,7 @@ def test_template_browser_lists_every_template_with_its_thumbnail(ui, tmp_path):
         assert not [i for i in bui.card_images(card) if "default-template" in i["src"]], bui.card_images(card)
         assert name in card.inner_text(), (name, card.inner_text())  # the card's title is the file name
     shot = str(tmp_path / "card.png")
-    bui.template_card(dialog, "svd_inbetween_full").screenshot(path=shot)
+    bui.template_card(dialog, "svd_inbetween_gi").screenshot(path=shot)
     assert_png(shot, 5_000)
     keep(shot, f"template_card_svd_inbetween_full_frontend_{'.'.join(map(str, version[:2]))}.png")
     shot = str(tmp_path / "templates.png")
@@ -560,7 +562,7 @@ def test_app_template_opens_in_app_mode_and_runs(ui, tmp_path):
 def test_error_surfaces_are_detected(ui):
     """The checks above can fail: a missing node type and a failing pack node do show in the UI."""
     server, page, _, _, _, _ = ui
-    wf = load_workflow(UI_DIR, "svd_inbetween_full")
+    wf = load_workflow(UI_DIR, "svd_inbetween_gi")
     bogus = json.loads(json.dumps(wf))
     bogus["nodes"][0]["type"] = "SVDInbetweenNoSuchNode"
     page.evaluate("(g) => app.loadGraphData(g, true, true, 'bogus')", bogus)
@@ -589,7 +591,7 @@ def test_error_surfaces_are_detected(ui):
 BLUEPRINT = "Keyframes to Video (SVD Inbetween)"
 # each blueprint: (the template it wraps, words of its name to search for, {blueprint input: image} as the template wires it)
 BLUEPRINTS = {
-    BLUEPRINT: ("svd_inbetween_full", "keyframes to video", {"start_image": "start.png", "end_image": "end.png"}),
+    BLUEPRINT: ("svd_inbetween_gi", "keyframes to video", {"start_image": "start.png", "end_image": "end.png"}),
     "Keyframe Chain to Video (SVD Inbetween)": ("svd_inbetween_keyframe_chain", "keyframe chain to video", {
         "keyframe_1": "start.png", "keyframe_2": "end.png", "keyframe_3": "start.png"}),
 }
@@ -611,6 +613,17 @@ JS_WIRE_BLUEPRINT = """([id, prefix, images]) => {
     bp.connect(0, s, 0);
     g.setDirtyCanvas(true, true);
 }"""
+
+
+def blueprint_inputs(blueprint: str) -> dict[tuple[str, str], str]:
+    """{(inner node id, input id): the blueprint input that drives it}: an input shows its shown name (the
+    conditioning's video_frames is the blueprint's `frames`)."""
+    with open(os.path.join(REPO, "subgraphs", blueprint + ".json")) as f:
+        (sub,) = json.load(f)["definitions"]["subgraphs"]
+    nodes = {n["id"]: n for n in sub["nodes"]}
+    links = {link["id"]: link for link in sub["links"]}
+    return {(str(links[lid]["target_id"]), nodes[links[lid]["target_id"]]["inputs"][links[lid]["target_slot"]]["name"]):
+            entry["name"] for entry in sub["inputs"] for lid in entry["linkIds"]}
 
 
 def decoded_frames(path: str):
@@ -641,7 +654,7 @@ def blueprint_with_tiny_models(page, blueprint: str, weights: str) -> tuple[int,
 
     page.evaluate(JS_WIRE_BLUEPRINT, [nid, "video/blueprint", images])
     want = tiny_prompt(api, weights)
-    exposed = set(got["widgets"])
+    exposed = {key: name for key, name in blueprint_inputs(blueprint).items() if name in got["widgets"]}
     ids = {}
     for k, node in inside.items():  # the tiny loader replaces the checkpoint loader inside the subgraph
         if want[k]["class_type"] != node["class_type"]:
@@ -649,8 +662,9 @@ def blueprint_with_tiny_models(page, blueprint: str, weights: str) -> tuple[int,
     for k in inside:
         changed = {i: v for i, v in want[k]["inputs"].items()
                    if not isinstance(v, list) and (k in ids or api[k]["inputs"].get(i) != v)}
-        outer = {i: v for i, v in changed.items() if i in exposed and k not in ids}
+        outer = {i: v for i, v in changed.items() if (k, i) in exposed and k not in ids}
         inner = {i: v for i, v in changed.items() if i not in outer}
+        outer = {exposed[k, i]: v for i, v in outer.items()}
         if outer:  # as a user sets them: on the blueprint node's own widgets
             assert page.evaluate(JS_SET_WIDGETS, [nid, outer]) == [], (k, outer)
         if inner:

@@ -267,7 +267,7 @@ def test_fps_flag_keeps_an_interpolated_video_at_its_speed():
     from svd_inbetween.cli.workflow import apply_flags, interpolation_factor
     with open(os.path.join(os.path.dirname(__file__), "..", "workflows", "api", "svd_inbetween_film.json")) as f:
         film = json.load(f)
-    with open(os.path.join(os.path.dirname(__file__), "..", "workflows", "api", "svd_inbetween_full.json")) as f:
+    with open(os.path.join(os.path.dirname(__file__), "..", "workflows", "api", "svd_inbetween_gi.json")) as f:
         full = json.load(f)
     apply_flags(film, {"fps": 10})
     apply_flags(full, {"fps": 10})

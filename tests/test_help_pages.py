@@ -16,7 +16,7 @@ pytestmark = pytest.mark.host
 
 DOCS = os.path.join(REPO, "web", "docs")
 # Combos whose options the pack defines (the others list the host's schedulers or the user's files).
-PACK_COMBOS = ("mode", "execution", "resize", "guidance")
+PACK_COMBOS = ("mode", "execution", "resize", "guidance", "layout", "lpips_net")
 # Words the messages interpolate besides input names: the request samplers name themselves ("the {what} sampler")
 INTERPOLATED = ["ViBiD", "MPD"]
 
@@ -43,7 +43,7 @@ def section(text: str, title: str) -> str:
 def source_text() -> str:
     """The pack's Python sources with implicitly concatenated string literals joined."""
     parts = []
-    for folder in ("nodes", "samplers", "weights", "attention_patch"):
+    for folder in ("nodes", "samplers", "weights", "attention_patch", "wan"):
         for path in sorted(glob.glob(os.path.join(REPO, folder, "*.py"))):
             with open(path, encoding="utf-8") as f:
                 parts.append(f.read())
@@ -54,7 +54,7 @@ def source_text() -> str:
 
 def test_every_node_has_a_page_and_no_page_is_orphaned():
     ids = {s.node_id for s in schemas()}
-    assert len(ids) == 8
+    assert len(ids) == 11
     pages = {os.path.splitext(f)[0] for f in os.listdir(DOCS) if f.endswith(".md")}
     assert ids == pages, (ids - pages, pages - ids)
 
@@ -67,6 +67,8 @@ def test_pages_document_every_input_and_output():
         inputs = section(text, "Inputs")
         for inp in schema.inputs:
             assert f"`{inp.id}`" in inputs, f"{schema.node_id}: input {inp.id} not documented"
+            if inp.display_name and inp.display_name != inp.id:  # the name the node shows, and its API id
+                assert f"`{inp.display_name}` (API id `{inp.id}`)" in inputs, f"{schema.node_id}: {inp.id}"
             if inp.id in PACK_COMBOS:
                 for option in inp.options:
                     assert f"`{option}`" in text, f"{schema.node_id}: {inp.id} option {option!r} not documented"
@@ -75,6 +77,20 @@ def test_pages_document_every_input_and_output():
             name = out.display_name or out.id
             assert f"`{name}`" in outputs, f"{schema.node_id}: output {name} not documented"
         assert section(text, "Errors and fixes").strip(), schema.node_id
+
+
+def test_the_same_input_shows_the_same_name_on_every_node():
+    """The frame count and the seed: `frames` and `seed` wherever a pack node has one (the conditioning keeps its
+    older ids video_frames and noise_seed, the API's, and shows these names)."""
+    same = {"frames": {"video_frames", "frames"}, "seed": {"noise_seed", "seed"}}
+    shown = {}
+    for schema in schemas():
+        for inp in schema.inputs:
+            for name, ids in same.items():
+                if inp.id in ids:
+                    shown[f"{schema.node_id}.{inp.id}"] = (inp.display_name or inp.id, name)
+    assert len(shown) >= 5, shown
+    assert all(got == want for got, want in shown.values()), shown
 
 
 def test_pages_with_a_mode_input_compare_every_mode_the_same_way():

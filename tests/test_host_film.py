@@ -23,9 +23,9 @@ def test_film_template_is_hidden_from_a_listing_without_frame_interpolate():
     assert unavailable_templates(every, folder) == []
     old_host = every - {"FrameInterpolate"}
     assert unavailable_templates(old_host, folder) == [FILM]
-    listing = {"svd_inbetween": ["svd_inbetween_full", FILM], "other_pack": [FILM]}
+    listing = {"svd_inbetween": ["svd_inbetween_gi", FILM], "other_pack": [FILM]}
     assert filter_listing(listing, "svd_inbetween", unavailable_templates(old_host, folder)) == {
-        "svd_inbetween": ["svd_inbetween_full"], "other_pack": [FILM]}
+        "svd_inbetween": ["svd_inbetween_gi"], "other_pack": [FILM]}
     assert filter_listing(listing, "svd_inbetween", unavailable_templates(every, folder)) == listing
 
 
@@ -49,8 +49,8 @@ def test_template_listed_only_where_the_host_has_frame_interpolate(server):
     shipped = {f[:-len(".json")] for f in os.listdir(os.path.join(REPO, "workflows")) if f.endswith(".json")}
     expected = shipped if server.has_film else shipped - {FILM}
     assert sorted(listing["svd_inbetween"]) == sorted(expected)
-    with open(os.path.join(REPO, "workflows", "svd_inbetween_full.json")) as f:
-        assert server.get("/api/workflow_templates/svd_inbetween/svd_inbetween_full.json") == json.load(f)
+    with open(os.path.join(REPO, "workflows", "svd_inbetween_gi.json")) as f:
+        assert server.get("/api/workflow_templates/svd_inbetween/svd_inbetween_gi.json") == json.load(f)
     assert not [ln for ln in server.log().splitlines() if "IMPORT FAILED" in ln and "svd_inbetween" in ln]
 
 

@@ -158,6 +158,24 @@ def test_bad_input_is_an_error_naming_node_and_input(wan):
         SVDInbetweenWanDecode.execute(dict(latent, samples=torch.zeros(1, 16, 5, 8, 8)), wan["vae"])
 
 
+def test_the_authors_schedule_is_simple_with_shift_5():
+    """Their FlowMatchScheduler (shift 5, 50 steps): sigma_i = 5 t / (1 + 4 t) on t = linspace(1, 0, 51)[:-1], then
+    0. ComfyUI's `simple` scheduler under ModelSamplingSD3 shift 5 gives the same sigmas to float32 rounding."""
+    import comfy.model_sampling
+    import comfy.samplers
+    from comfy_extras.nodes_model_advanced import ModelSamplingSD3  # noqa: F401  (the node the workflows use)
+
+    class Flow(comfy.model_sampling.ModelSamplingDiscreteFlow, comfy.model_sampling.CONST):
+        pass
+
+    ms = Flow(None)
+    ms.set_parameters(shift=5.0, multiplier=1000)
+    t = torch.linspace(1, 0, 51, dtype=torch.float64)[:-1]
+    theirs = torch.cat([5 * t / (1 + 4 * t), torch.zeros(1, dtype=torch.float64)])
+    ours = comfy.samplers.calculate_sigmas(ms, "simple", 50).double()
+    assert ours.shape == theirs.shape and float((ours - theirs).abs().max()) < 2e-7
+
+
 # ---------------------------------------------------------------- Wan Anchor Frame with the real LPIPS
 
 

@@ -13,10 +13,13 @@ from host import NODE_IDS, REPO, load_host_nodes
 HERE = os.path.dirname(os.path.abspath(__file__))
 API_DIR = os.path.join(REPO, "workflows", "api")
 UI_DIR = os.path.join(REPO, "workflows")
+# the API twins and UI files as shipped before the templates were named after their modes (git f786869): a user's
+# saved copy of one keeps loading and running
+BEFORE = os.path.join(HERE, "data", "shipped_before")
 # API twins that run the same method two ways and must give the same latent
-SAME_METHOD = [("svd_inbetween_full.json", "svd_inbetween_custom_advanced.json"),
-               ("svd_inbetween_full.json", "svd_inbetween.app.json"),
-               ("svd_inbetween_full.json", "svd_inbetween_film.json")]  # FILM only after the decoder
+SAME_METHOD = [("svd_inbetween_gi.json", "svd_inbetween_gi_custom_advanced.json"),
+               ("svd_inbetween_gi.json", "svd_inbetween.app.json"),
+               ("svd_inbetween_gi.json", "svd_inbetween_film.json")]  # FILM only after the decoder
 FILM = "svd_inbetween_film.json"  # needs the host's FrameInterpolate (0.33+); other hosts do not list it
 
 
@@ -33,6 +36,13 @@ def run_job(tmp_path, kind: str, **extra) -> dict:
 
 def api_workflows() -> list[str]:
     return sorted(f for f in os.listdir(API_DIR) if f.endswith(".json"))
+
+
+def renamed(fname: str) -> str:
+    """The file that ships today for a file name shipped before (templates.RENAMED)."""
+    from svd_inbetween.templates import RENAMED
+    stem = fname[:-len(".json")]
+    return RENAMED.get(stem, stem) + ".json"
 
 
 def test_every_ui_workflow_has_an_api_twin():
@@ -57,17 +67,46 @@ def test_ui_workflows_describe_their_api_twins():
             ui = json.load(f)
         # what this host's frontend would queue for the UI file is the twin as this host reads it
         assert ui_to_api(ui, defs) == api_as_host_reads(api, defs), name
+    # a UI file saved from a template before the renames: this host still reads it, node for node and value for
+    # value, as today's template of the same graph (only the filename prefix differs: its own per template now)
+    from ui_format import check_workflow
+    before = sorted(f for f in os.listdir(os.path.join(BEFORE, "ui")) if f.endswith(".json"))
+    assert {renamed(f) for f in before} == set(api_workflows())
+    for name in sorted(set(before) - hidden):
+        with open(os.path.join(BEFORE, "ui", name)) as f:
+            old_ui = json.load(f)
+        with open(os.path.join(BEFORE, "api", name)) as f:
+            old_api = json.load(f)
+        with open(os.path.join(UI_DIR, renamed(name))) as f:
+            ui = json.load(f)
+        assert check_workflow(old_ui, defs) == [], name
+        assert ui_to_api(old_ui, defs) == api_as_host_reads(old_api, defs), name
+        assert without_prefix(ui_to_api(old_ui, defs)) == without_prefix(ui_to_api(ui, defs)), name
+
+
+def without_prefix(prompt: dict) -> dict:
+    return {nid: {**n, "inputs": {k: v for k, v in n["inputs"].items() if k != "filename_prefix"}}
+            for nid, n in prompt.items()}
 
 
 @pytest.mark.host
 def test_shipped_workflows_run_in_process(tmp_path):
-    res = run_job(tmp_path, "workflows")
+    res = run_job(tmp_path, "workflows", before=os.path.join(BEFORE, "api"))
+    before = res.pop("before")
     import tiny_models
     assert sorted(res) == [n for n in api_workflows() if n != FILM or tiny_models.host_has_film()]
     for name, r in res.items():
         frames = 9 if name == FILM else 5  # FILM doubles the frame rate: 2 * (5 - 1) + 1
-        assert r["videos"] == [{"frames": frames, "width": 64, "height": 64}], name
+        # each workflow saves under its own name: two workflows' videos never share one
+        assert r["videos"] == [{"frames": frames, "width": 64, "height": 64,
+                                "prefix": "video/" + name[:-len(".json")]}], name
         assert r["latent_shape"] == [5, 4, 8, 8]
+    # an API prompt saved from a template before the renames runs and makes what today's template makes
+    assert sorted(renamed(n) for n in before) == sorted(res)
+    for name, r in before.items():
+        assert r["latent_sum"] == res[renamed(name)]["latent_sum"], name
+        assert [{**v, "prefix": None} for v in r["videos"]] == [
+            {**v, "prefix": None} for v in res[renamed(name)]["videos"]], name
     # the all-in-one sampler and the SamplerCustomAdvanced composition are the same method
     same = [(a, b) for a, b in SAME_METHOD if b in res]
     for a, b in same:

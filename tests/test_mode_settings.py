@@ -56,7 +56,7 @@ def sampling_values(prompt: dict) -> dict:
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("workflow", [None, "svd_inbetween_custom_advanced", "svd_inbetween_keyframe_chain"])
+@pytest.mark.parametrize("workflow", [None, "svd_inbetween_gi_custom_advanced", "svd_inbetween_keyframe_chain"])
 def test_run_mode_uses_the_modes_own_settings_unless_given(mode, workflow):
     from svd_inbetween.cli.run import build_prompt
     extra = ["--workflow", os.path.join(REPO, "workflows", "api", workflow + ".json")] if workflow else []
@@ -82,7 +82,7 @@ def test_run_without_mode_keeps_the_workflows_settings():
 
 def test_a_workflow_of_your_own_keeps_its_steps_and_cfg_with_mode(tmp_path):
     from svd_inbetween.cli.run import build_prompt
-    with open(os.path.join(REPO, "workflows", "api", "svd_inbetween_full.json")) as f:
+    with open(os.path.join(REPO, "workflows", "api", "svd_inbetween_gi.json")) as f:
         prompt = json.load(f)
     sampler = next(nid for nid, n in prompt.items() if n["class_type"] == "SVDInbetweenSampler")
     prompt[sampler]["inputs"].update(steps=7, cfg=1.5)
@@ -93,7 +93,7 @@ def test_a_workflow_of_your_own_keeps_its_steps_and_cfg_with_mode(tmp_path):
 
 
 def test_a_linked_steps_input_stays_linked():
-    with open(os.path.join(REPO, "workflows", "api", "svd_inbetween_full.json")) as f:
+    with open(os.path.join(REPO, "workflows", "api", "svd_inbetween_gi.json")) as f:
         prompt = json.load(f)
     sampler = next(nid for nid, n in prompt.items() if n["class_type"] == "SVDInbetweenSampler")
     prompt["99"] = {"class_type": "PrimitiveInt", "inputs": {"value": 12}}
@@ -121,8 +121,8 @@ def test_eval_variant_runs_at_the_modes_own_settings_unless_it_names_them(mode):
         assert {k[1]: v for k, v in sampling_values(prompt).items()} == {"steps": steps, "cfg": AUTHORS[mode][1]}
 
 
-@pytest.mark.parametrize("name", ["svd_inbetween_full", "svd_inbetween_custom_advanced", "svd_inbetween_vibid",
-                                  "svd_inbetween_vibid_custom_advanced", "svd_inbetween_mpd",
+@pytest.mark.parametrize("name", ["svd_inbetween_gi", "svd_inbetween_gi_custom_advanced", "svd_inbetween_vibid",
+                                  "svd_inbetween_vibid_gi_custom_advanced", "svd_inbetween_mpd",
                                   "svd_inbetween_keyframe_chain", "svd_inbetween.app", "svd_inbetween_film"])
 def test_each_template_shows_its_modes_own_settings(name):
     with open(os.path.join(REPO, "workflows", "api", name + ".json")) as f:
@@ -131,6 +131,58 @@ def test_each_template_shows_its_modes_own_settings(name):
     values = sampling_values(prompt)
     assert values and all(v == (mode_of(mode).steps if k[1] == "steps" else mode_of(mode).cfg)
                           for k, v in values.items()), (name, values)
+
+
+# templates named after what else they are than a mode: the chain, FILM after the mode, the app
+NOT_A_MODE = {"svd_inbetween_keyframe_chain": "gi", "svd_inbetween_film": "gi", "svd_inbetween.app": "gi"}
+
+
+def shipped_names() -> list[str]:
+    return sorted(f[:-len(".json")] for f in os.listdir(os.path.join(REPO, "workflows", "api")) if f.endswith(".json"))
+
+
+@pytest.mark.parametrize("name", shipped_names())
+def test_each_template_is_named_after_what_it_runs_and_saves_under_its_name(name):
+    with open(os.path.join(REPO, "workflows", "api", name + ".json")) as f:
+        prompt = json.load(f)
+    (mode,) = {n["inputs"]["mode"] for n in prompt.values() if "mode" in n["inputs"]}
+    if name in NOT_A_MODE:
+        assert mode == NOT_A_MODE[name], name
+    else:  # svd_inbetween_<mode> or svd_inbetween_<mode>_custom_advanced
+        assert name in (f"svd_inbetween_{mode}", f"svd_inbetween_{mode}_custom_advanced"), (name, mode)
+    prefixes = [n["inputs"]["filename_prefix"] for n in prompt.values() if n["class_type"] == "SaveVideo"]
+    assert prefixes == [f"video/{name}"], prefixes
+
+
+def test_old_template_names_and_paths_load_the_renamed_files(tmp_path, monkeypatch):
+    from svd_inbetween.cli.run import SHIPPED, WORKFLOW, build_prompt, is_shipped, resolve_workflow
+    from svd_inbetween.templates import RENAMED
+    assert os.path.basename(WORKFLOW) == "svd_inbetween_gi.json" and set(RENAMED.values()) <= set(shipped_names())
+    assert not set(RENAMED) & set(shipped_names())
+    monkeypatch.chdir(REPO)
+    for old, new in RENAMED.items():
+        want = os.path.join(SHIPPED, new + ".json")
+        for given in (old, old + ".json", os.path.join("workflows", "api", old + ".json"),
+                      os.path.join(SHIPPED, old + ".json")):
+            assert resolve_workflow(given) == want, given
+            assert is_shipped(given), given
+        # an old name runs as the shipped template: --mode sets the mode's own steps and cfg
+        prompt, _, _ = build_prompt(run_args("--workflow", old, "--mode", "vibid"))
+        assert {k[1]: v for k, v in sampling_values(prompt).items()} == {"steps": 25, "cfg": 1.0}, old
+    assert resolve_workflow("svd_inbetween_mpd") == os.path.join(SHIPPED, "svd_inbetween_mpd.json")
+    assert resolve_workflow(None) == WORKFLOW
+    # a file of your own under an old name is yours: loaded as it is, its settings kept
+    before = os.path.join(REPO, "tests", "data", "shipped_before", "api", "svd_inbetween_full.json")
+    mine = tmp_path / "svd_inbetween_full.json"
+    with open(before) as f:
+        prompt = json.load(f)
+    sampler = next(nid for nid, n in prompt.items() if n["class_type"] == "SVDInbetweenSampler")
+    prompt[sampler]["inputs"]["steps"] = 7
+    mine.write_text(json.dumps(prompt))
+    assert resolve_workflow(str(mine)) == str(mine) and not is_shipped(str(mine))
+    got, _, _ = build_prompt(run_args("--workflow", str(mine), "--mode", "mpd"))
+    assert got[sampler]["inputs"]["steps"] == 7
+    assert resolve_workflow(str(tmp_path / "svd_inbetween_gi.json")) == str(tmp_path / "svd_inbetween_gi.json")
 
 
 def blueprint_inner(name: str) -> dict:
@@ -150,3 +202,12 @@ def test_blueprints_expose_mode_steps_and_cfg_left_to_the_mode(name):
     values = inner[0]["widgets_values"]
     # steps, cfg, mode stand together on both nodes: 0 and 0.0 leave both settings to the mode picked
     assert values[values.index("gi") - 2: values.index("gi")] == [0, 0.0], values
+
+
+def test_blueprints_show_the_nodes_names_for_the_same_input():
+    """Both blueprints name their frame count `frames` and their seed `seed`, as every pack node shows them
+    (Keyframes to Video's frame count is the conditioning's video_frames, shown as frames)."""
+    for name in ("Keyframes to Video (SVD Inbetween)", "Keyframe Chain to Video (SVD Inbetween)"):
+        sub = blueprint_inner(name)
+        exposed = {i["name"] for i in sub["inputs"]}
+        assert {"frames", "seed"} <= exposed and not {"video_frames", "noise_seed"} & exposed, (name, exposed)

@@ -130,7 +130,7 @@ def test_installed_package_is_the_wheel_not_the_repo(venv, tmp_path):
     pkg = installed_package(venv, tmp_path)
     assert pkg.startswith(venv) and os.path.realpath(pkg) != os.path.realpath(REPO)
     assert not os.path.exists(os.path.join(pkg, "tests"))
-    for f in ("workflows/api/svd_inbetween_full.json", "web/docs/SVDInbetweenLoadBackwardWeights.md",
+    for f in ("workflows/api/svd_inbetween_gi.json", "web/docs/SVDInbetweenLoadBackwardWeights.md",
               "web/icon.png"):
         assert os.path.isfile(os.path.join(pkg, f)), f
 
@@ -156,7 +156,7 @@ def test_tiny_run_from_the_installed_cli(venv, tmp_path):
     work = tmp_path / "work"
     weights = prepare_base(str(work))
     pkg = installed_package(venv, tmp_path)
-    with open(os.path.join(pkg, "workflows", "api", "svd_inbetween_full.json")) as f:
+    with open(os.path.join(pkg, "workflows", "api", "svd_inbetween_gi.json")) as f:
         workflow = tiny_prompt(json.load(f), weights)
     wf = tmp_path / "tiny_workflow.json"
     wf.write_text(json.dumps(workflow))

@@ -47,7 +47,7 @@ class Prompts:
 
     def __init__(self, weights: str):
         from comfy_job import tiny_prompt
-        with open(os.path.join(REPO, "workflows", "api", "svd_inbetween_full.json")) as f:
+        with open(os.path.join(REPO, "workflows", "api", "svd_inbetween_gi.json")) as f:
             base = tiny_prompt(json.load(f), weights)
         for node_id in ("7", "8", "9"):  # decoding/saving video is not what these tests measure
             base.pop(node_id)

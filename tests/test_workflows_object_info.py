@@ -19,6 +19,8 @@ from ui_format import api_as_host_reads, api_to_ui, check_workflow, load_workflo
 
 UI_DIR = os.path.join(REPO, "workflows")
 API_DIR = os.path.join(UI_DIR, "api")
+# the templates as shipped before they were named after their modes: a user's saved copies (test_host_workflows.py)
+BEFORE = os.path.join(REPO, "tests", "data", "shipped_before")
 
 # SaveVideo as ComfyUI 0.3.64 and 0.33 describe it (trimmed): 0.33 turned `format` into a dynamic combo
 # whose options carry a `codec` widget, and kept a hidden optional `codec`.
@@ -131,7 +133,7 @@ def test_readme_convert_command_writes_the_file_the_workflows_load():
     args.output = UI_DIR  # any existing folder: the name is what matters
     assert os.path.basename(output_path(args)) == default_file_name(delta=True, fp16=True)
     assert default_file_name(delta=True, fp16=True) in readme
-    assert "#backward-motion-weights" in json.dumps(load_workflow(UI_DIR, "svd_inbetween_full"))
+    assert "#backward-motion-weights" in json.dumps(load_workflow(UI_DIR, "svd_inbetween_gi"))
     assert "## Backward-motion weights" in readme
 
 
@@ -158,3 +160,10 @@ def test_workflows_against_the_hosts_object_info(tmp_path):
             missing = {k: v for k, v in node["inputs"].items() if twin[nid]["inputs"].get(k, object()) != v}
             assert not missing, (f"{name}: node {nid} ({node['class_type']}) lacks {missing}: "
                                  "run tools/build_workflows.py against the newest host")
+    # a copy of a template saved before the renames loads on this host as it did (input ids unchanged)
+    for name in workflow_names(os.path.join(BEFORE, "ui")):
+        if name in hidden:
+            continue
+        ui, twin = load_workflow(os.path.join(BEFORE, "ui"), name), load_workflow(os.path.join(BEFORE, "api"), name)
+        assert check_workflow(ui, info) == [], name
+        assert ui_to_api(ui, info) == api_as_host_reads(twin, info), name

@@ -69,10 +69,11 @@ def common():
 
 
 def output_nodes(latent_from):
+    """Decode, video, save; build() sets the filename prefix (video/<workflow name>)."""
     return {
         "7": {"class_type": "VAEDecode", "inputs": {"samples": latent_from, "vae": ["1", 2]}},
         "8": {"class_type": "CreateVideo", "inputs": {"images": ["7", 0], "fps": 7.0}},
-        "9": {"class_type": "SaveVideo", "inputs": {"video": ["8", 0], "filename_prefix": "video/svd_inbetween",
+        "9": {"class_type": "SaveVideo", "inputs": {"video": ["8", 0], "filename_prefix": None,
                                                     "format": "auto", "codec": "auto"}},
     }
 
@@ -112,14 +113,16 @@ def custom_advanced_graph(mode: str, sampler: dict, backward_weights: bool = Tru
     return g
 
 
-def full():
+def gi():
+    """The paper's method (mode gi) in the all-in-one sampler."""
     g = common()
     g["6"] = sampler_node(["4", 0], mode="gi", recurrence=5)
     g.update(output_nodes(["6", 0]))
     return g
 
 
-def custom_advanced():
+def gi_custom_advanced():
+    """Mode gi as GUIDER + SAMPLER building blocks in SamplerCustomAdvanced."""
     return custom_advanced_graph("gi", {"class_type": "SVDInbetweenRecurrentEuler",
                                         "inputs": {"recurrence": 5, "recurrence_ratio": 0.5}})
 
@@ -133,7 +136,7 @@ def vibid():
     return g
 
 
-def vibid_custom_advanced():
+def vibid_gi_custom_advanced():
     """ViBiD's schedule with the backward-motion model, as GUIDER + SAMPLER building blocks."""
     return custom_advanced_graph("vibid_gi", {"class_type": "SVDInbetweenViBiDSampler",
                                               "inputs": {"cfg_pp": True, "dds": True}})
@@ -162,37 +165,34 @@ def keyframe_chain():
     out = output_nodes(["6", 0])
     del out["7"]
     out["8"]["inputs"]["images"] = ["6", 0]
-    out["9"]["inputs"]["filename_prefix"] = "video/svd_inbetween_chain"
     g.update(out)
     return g
 
 
 def film():
-    """The full method, then the host's FILM (FrameInterpolate, ComfyUI 0.33+) doubles the frame rate: 25 SVD frames
+    """Mode gi, then the host's FILM (FrameInterpolate, ComfyUI 0.33+) doubles the frame rate: 25 SVD frames
     become 49 at 14 fps, the same 3.5 s. Listed only by hosts that have FrameInterpolate (templates.py)."""
-    g = full()
+    g = gi()
     g["14"] = {"class_type": "FrameInterpolationModelLoader", "inputs": {"model_name": FILM}}
     g["15"] = {"class_type": "FrameInterpolate", "inputs": {"interp_model": ["14", 0], "images": ["7", 0],
                                                             "multiplier": 2},
                "_meta": {"title": "FILM: double the frame rate"}}
     g["8"]["inputs"].update(images=["15", 0], fps=14.0)
-    g["9"]["inputs"]["filename_prefix"] = "video/svd_inbetween_film"
     return g
 
 
 def app():
-    """The full method as an app (frontend 1.49's App view): start and end image and a seed in, a video out."""
-    g = full()
-    g["9"]["inputs"]["filename_prefix"] = "video/svd_inbetween_app"
-    return g
+    """Mode gi as an app (frontend 1.49's App view): start and end image and a seed in, a video out."""
+    return gi()
 
 
 # App view (frontend 1.49+): a template whose name ends in ".app" is listed as an app; extra.linearMode opens it
 # in app mode, extra.linearData names the widgets it shows ([node id, widget]) and its output nodes.
 APP_EXTRA = {"linearMode": True, "linearData": {"inputs": [[2, "image"], [3, "image"], [6, "seed"]], "outputs": [9]}}
 
-WORKFLOWS = {"svd_inbetween_full": full, "svd_inbetween_custom_advanced": custom_advanced,
-             "svd_inbetween_vibid": vibid, "svd_inbetween_vibid_custom_advanced": vibid_custom_advanced,
+# named after what they run (a mode, or the chain, FILM, the app); templates.RENAMED: the names before issue 28
+WORKFLOWS = {"svd_inbetween_gi": gi, "svd_inbetween_gi_custom_advanced": gi_custom_advanced,
+             "svd_inbetween_vibid": vibid, "svd_inbetween_vibid_gi_custom_advanced": vibid_gi_custom_advanced,
              "svd_inbetween_mpd": mpd, "svd_inbetween_keyframe_chain": keyframe_chain, "svd_inbetween.app": app,
              "svd_inbetween_film": film}
 EXTRA = {"svd_inbetween.app": APP_EXTRA}
@@ -207,12 +207,12 @@ LABELS = {"svd_inbetween.app": {"2": {"image": "Start frame"}, "3": {"image": "E
 # use the weights need the file.
 BLUEPRINTS = {
     "Keyframes to Video (SVD Inbetween)": {
-        "template": "svd_inbetween_full",
+        "template": "svd_inbetween_gi",
         "images": {"start_image": [("5", "start_image")], "end_image": [("5", "end_image")]},
         "widgets": [("6", "mode"), ("6", "seed"), ("6", "steps"), ("6", "cfg"), ("1", "ckpt_name"),
                     ("4", "weights"), ("5", "width"), ("5", "height"), ("5", "video_frames")],
         "description": "Generative Inbetweening: a video from a start and an end image with Stable Video Diffusion "
-                       "run forward and backward (the svd_inbetween_full template as one node).",
+                       "run forward and backward (the svd_inbetween_gi template as one node).",
     },
     "Keyframe Chain to Video (SVD Inbetween)": {
         "template": "svd_inbetween_keyframe_chain",
@@ -275,12 +275,13 @@ def blueprint(name: str, defs: dict) -> dict:
         inputs.append({"id": _uid(name, "input", input_name), "name": input_name, "type": "IMAGE", "linkIds": ids})
         top_inputs.append({"name": input_name, "type": "IMAGE", "link": None})
     for nid, widget in spec["widgets"]:
-        typ = next(t for w, t, _ in walk(defs[api[nid]["class_type"]], lambda *a: None) if w == widget)
+        typ, opts = next((t, o) for w, t, o in walk(defs[api[nid]["class_type"]], lambda *a: None) if w == widget)
         assert is_widget(typ), (name, nid, widget)
         typ = "COMBO" if isinstance(typ, list) else typ
+        shown = opts.get("display_name") or widget  # the name the node shows (video_frames shows as frames)
         ids = [link_into(len(inputs), nid, widget, typ)]
-        inputs.append({"id": _uid(name, "input", widget), "name": widget, "type": typ, "linkIds": ids})
-        top_inputs.append({"name": widget, "type": typ, "widget": {"name": widget}, "link": None})
+        inputs.append({"id": _uid(name, "input", widget), "name": shown, "type": typ, "linkIds": ids})
+        top_inputs.append({"name": shown, "type": typ, "widget": {"name": shown}, "link": None})
     src, slot = video_from
     out_link = len(links) + 1
     links.append({"id": out_link, "origin_id": int(src), "origin_slot": slot, "target_id": -20, "target_slot": 0,
@@ -313,6 +314,9 @@ def model_properties(api: dict) -> dict:
 def build(name: str, defs: dict) -> tuple[dict, dict]:
     """(API twin, UI workflow) of one template for the host `defs` describes."""
     api = WORKFLOWS[name]()
+    for node in api.values():  # each workflow's videos under its own name
+        if node["class_type"] == "SaveVideo":
+            node["inputs"]["filename_prefix"] = f"video/{name}"
     twin = api_as_host_reads(api, defs)
     for nid, node in api.items():
         if "_meta" in node:
@@ -331,6 +335,8 @@ def main() -> None:
     import nodes
     defs = definitions(nodes.NODE_CLASS_MAPPINGS)
     print(f"node definitions of ComfyUI {comfyui_version.__version__}")
+    from svd_inbetween.templates import RENAMED
+    assert not set(WORKFLOWS) & set(RENAMED), "a template may not take a name an older one had"
     for name in WORKFLOWS:
         twin, ui = build(name, defs)
         with open(os.path.join(REPO, "workflows", "api", f"{name}.json"), "w") as f:
