@@ -15,6 +15,9 @@ METRICS = ("psnr", "ssim", "lpips", "fid", "fvd")
 # per-variant overrides accepted in --mode MODE:key=value
 VARIANT_KEYS = {"seed": int, "steps": int, "cfg": float, "recurrence": int, "recurrence_ratio": float,
                 "forward_weight": float, "execution": str, "motion_bucket_id": int, "fps": int}
+# Wan rows: each runs its shipped workflow (the model files it names, or --wan-model) on the pair's keyframes
+WAN_VARIANTS = {"wan_afb": "Anchor Frame Bridging on Wan2.1 I2V (workflows/api/wan_afb.json)",
+                "wan_flf": "ComfyUI's native first-last frame on Wan2.1 FLF2V (workflows/api/wan_flf.json)"}
 RECORDED = ("steps", "cfg", "recurrence", "recurrence_ratio", "forward_weight", "execution", "motion_bucket_id", "fps",
             "width", "height", "frames", "resize")
 
@@ -35,7 +38,9 @@ def add_parser(sub) -> None:
                    help=f"variant to evaluate, repeatable: one of {', '.join(MODES)}, optionally with settings, e.g. "
                         "'gi:recurrence=0,cfg=2.5' or 'mpd:steps=25,cfg=1' (the vibid and mpd modes' settings) "
                         f"(default: the fused modes the given weights allow, {', '.join(FUSED_MODES)}); "
-                        f"'{FILM_MODE}' is the FILM baseline (needs --film)")
+                        f"'{FILM_MODE}' is the FILM baseline (needs --film); "
+                        + "; ".join(f"'{k}': {v}" for k, v in WAN_VARIANTS.items())
+                        + " (their clips are resampled in time to --frames, see docs/evaluation.md)")
     p.add_argument("--film", metavar="FILE", help="FILM weights for ComfyUI's FrameInterpolationModelLoader (ComfyUI "
                    "0.33+; e.g. film_net_fp16.safetensors): adds the FILM baseline row, the paper's Table 1 column. "
                    "A local file (its folder is given to a private server) or a name in the server's "
@@ -83,7 +88,7 @@ def variants(args):
     if args.film and FILM_MODE not in [s.partition(":")[0] for s in specs]:
         specs = [FILM_MODE, *specs]  # the baseline first, as in the paper's table
     try:
-        out = [parse_variant(s, VARIANT_KEYS, (*MODES, FILM_MODE)) for s in specs]
+        out = [parse_variant(s, VARIANT_KEYS, (*MODES, FILM_MODE, *WAN_VARIANTS)) for s in specs]
     except ValueError as e:
         raise SystemExit(f"svd-inbetween {e}") from None
     if any(v.mode == FILM_MODE for v in out):
@@ -139,6 +144,10 @@ def client_generator(args, manifest, frames_dir: str):
         run_args = argparse.Namespace(**vars(args))
         if variant.mode == FILM_MODE:
             return film_prompt_for(run_args, variant)
+        if variant.mode in WAN_VARIANTS:  # its own workflow; --frames cuts the ground truth, not the Wan clip
+            run_args.mode, run_args.workflow, run_args.frames = None, variant.mode, None
+            prompt, nodes, model_dirs = prompt_for_svd(run_args, variant)
+            return with_frames_saved(prompt), nodes, model_dirs
         run_args.mode = variant.mode
         prompt, nodes, model_dirs = prompt_for_svd(run_args, variant)
         return with_frames_saved(prompt), nodes, model_dirs
@@ -216,8 +225,19 @@ def client_generator(args, manifest, frames_dir: str):
         if pngs and not os.listdir(os.path.dirname(pngs[0])):
             os.rmdir(os.path.dirname(pngs[0]))
         import torch
+        if variant.mode in WAN_VARIANTS:
+            frames = frames[in_time(len(frames), args.frames)]
         return torch.from_numpy(frames).float() / 255, {"seed": seed_of(job.prompt), "settings": job.meta["settings"]}
     return prepare, generate
+
+
+def in_time(generated: int, frames: int) -> list[int]:
+    """Which of a Wan clip's `generated` frames stand for the ground truth's `frames`: evenly in time, the first and
+    last (the keyframes) kept. A Wan clip (81-83 frames) spans the keyframe pair's whole window, as the AFB authors
+    generate 82/83 frames between frames 0 and 24 of a 25-frame clip."""
+    if frames < 2 or generated < 2:
+        return list(range(min(frames, generated)))
+    return [round(i * (generated - 1) / (frames - 1)) for i in range(frames)]
 
 
 def fill_from_workflow(args) -> None:

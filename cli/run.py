@@ -21,7 +21,7 @@ SHIPPED = os.path.join(PACK_DIR, "workflows", "api")
 WORKFLOW = os.path.join(SHIPPED, "svd_inbetween_gi.json")
 GENERATION_FLAGS = ("width", "height", "frames", "steps", "seed", "cfg", "mode", "recurrence", "recurrence_ratio",
                     "forward_weight", "execution", "motion_bucket_id", "fps", "resize")
-MODEL_FOLDERS = {"checkpoint": "checkpoints", "backward": "svd_inbetween"}
+MODEL_FOLDERS = {"checkpoint": "checkpoints", "backward": "svd_inbetween", "wan_model": "diffusion_models"}
 MODE_FLAG_HELP = ("sampler mode; in a shipped workflow it also sets the mode's own steps and cfg unless --steps / "
                   "--cfg are given (a workflow of your own keeps its values): "
                   + "; ".join(f"{k}: {v}" for k, v in MODE_HELP.items()))
@@ -69,9 +69,13 @@ def add_generation_args(p: argparse.ArgumentParser, seed_help: str | None = None
     w.add_argument("--checkpoint", help="SVD checkpoint: a local file (its folder is given to a private server) or "
                                         "a name the server lists under models/checkpoints (shipped: svd_xt.safetensors)")
     w.add_argument("--backward", help="backward-motion weights (file or server-side name) for modes gi/vibid_gi")
+    w.add_argument("--wan-model", help="Wan diffusion model for the Wan workflows (wan_afb, wan_keyframes: an I2V "
+                                       "model; wan_flf: the FLF2V model): a local file or a name under "
+                                       "models/diffusion_models")
     w.add_argument("--width", type=int, help="video width (shipped: 1024)")
     w.add_argument("--height", type=int, help="video height (shipped: 576)")
-    w.add_argument("--frames", type=int, help="frames per clip (shipped: 25)")
+    w.add_argument("--frames", type=int, help="frames per clip (shipped: 25; wan_afb: 83, its first passes one fewer; "
+                                              "wan_flf: 81)")
     w.add_argument("--steps", type=int, help="sampling steps (default: the workflow's; with --mode, the mode's own)")
     w.add_argument("--seed", type=int, help=seed_help or "sampler seed, the same for every pair (shipped: 42)")
     w.add_argument("--cfg", type=float, help="guidance scale (default: the workflow's; with --mode, the mode's own)")
@@ -194,7 +198,7 @@ def build_prompt(args) -> tuple[dict, tuple[str, str], dict[str, str]]:
     prompt = load_workflow(path)
     nodes = keyframe_nodes(prompt, args.start_node, args.end_node)
     model_dirs: dict[str, str] = {}
-    models = {flag: model_value(getattr(args, flag), folder, model_dirs) for flag, folder in MODEL_FOLDERS.items()}
+    models = {flag: model_value(getattr(args, flag, None), folder, model_dirs) for flag, folder in MODEL_FOLDERS.items()}
     apply_models(prompt, models)
     apply_flags(prompt, {k: getattr(args, k, None) for k in GENERATION_FLAGS})
     if getattr(args, "mode", None) and is_shipped(path):  # a shipped template's steps and cfg are its mode's

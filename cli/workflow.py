@@ -15,14 +15,17 @@ from typing import Any
 from ..client.object_info import PACK_PREFIX
 
 START_TITLE, END_TITLE = "Start frame", "End frame"
+WAN_KEYFRAMES = "SVDInbetweenWanKeyframes"
 # generation flag -> (class_type, input) pairs it sets; "SVDInbetween*" = any node of this pack
 FLAG_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
-    "width": ((PACK_PREFIX + "*", "width"),),
-    "height": ((PACK_PREFIX + "*", "height"),),
-    "frames": (("SVDInbetweenConditioning", "video_frames"), ("SVDInbetweenChain", "frames")),
-    "steps": ((PACK_PREFIX + "*", "steps"), ("BasicScheduler", "steps")),
-    "seed": (("SVDInbetweenSampler", "seed"), ("SVDInbetweenChain", "seed"), ("RandomNoise", "noise_seed")),
-    "cfg": ((PACK_PREFIX + "*", "cfg"),),
+    "width": ((PACK_PREFIX + "*", "width"), ("WanFirstLastFrameToVideo", "width")),
+    "height": ((PACK_PREFIX + "*", "height"), ("WanFirstLastFrameToVideo", "height")),
+    "frames": (("SVDInbetweenConditioning", "video_frames"), ("SVDInbetweenChain", "frames"),
+               (WAN_KEYFRAMES, "frames"), ("WanFirstLastFrameToVideo", "length")),
+    "steps": ((PACK_PREFIX + "*", "steps"), ("BasicScheduler", "steps"), ("KSampler", "steps")),
+    "seed": (("SVDInbetweenSampler", "seed"), ("SVDInbetweenChain", "seed"), ("RandomNoise", "noise_seed"),
+             ("KSampler", "seed")),
+    "cfg": ((PACK_PREFIX + "*", "cfg"), ("KSampler", "cfg"), ("CFGGuider", "cfg")),
     "mode": ((PACK_PREFIX + "*", "mode"),),
     "recurrence": ((PACK_PREFIX + "*", "recurrence"),),
     "recurrence_ratio": ((PACK_PREFIX + "*", "recurrence_ratio"),),
@@ -33,7 +36,8 @@ FLAG_TARGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "resize": ((PACK_PREFIX + "*", "resize"),),
 }
 MODEL_TARGETS = {"checkpoint": ("ImageOnlyCheckpointLoader", "ckpt_name"),
-                 "backward": ("SVDInbetweenLoadBackwardWeights", "weights")}
+                 "backward": ("SVDInbetweenLoadBackwardWeights", "weights"),
+                 "wan_model": ("UNETLoader", "unet_name")}
 
 
 class WorkflowError(ValueError):
@@ -122,7 +126,19 @@ def apply_flags(prompt: dict, flags: dict[str, Any]) -> None:
                                 "use --set NODE.input=VALUE")
         for nid, name in hits:
             scaled = value * interpolation_factor(prompt, nid) if flag == "fps" else value
+            if flag == "frames" and prompt[nid]["class_type"] == WAN_KEYFRAMES:
+                scaled = wan_frames(prompt, nid, value)
             prompt[nid]["inputs"][name] = _like(prompt[nid]["inputs"][name], scaled)
+
+
+def wan_frames(prompt: dict, nid: str, frames: int) -> int:
+    """--frames is the video you get. In Anchor Frame Bridging's workflow the passes before the anchor (forward and
+    reverse, start + end) run one frame shorter than the last pass (start, anchor, end), as the authors' 82 and 83:
+    the separate layout needs frames = keyframes (mod 4)."""
+    def has_anchor(node: dict) -> bool:
+        return isinstance(node["inputs"].get("anchor_image"), list)
+    anchored = any(has_anchor(n) for n in prompt.values() if n["class_type"] == WAN_KEYFRAMES)
+    return frames - 1 if anchored and not has_anchor(prompt[nid]) else frames
 
 
 def interpolation_factor(prompt: dict, nid: str) -> int:
@@ -157,7 +173,7 @@ def apply_models(prompt: dict, models: dict[str, str | None]) -> None:
         class_type, name = MODEL_TARGETS[flag]
         hits = _targets(prompt, class_type, name)
         if not hits:
-            raise WorkflowError(f"--{flag}: the workflow has no {class_type} node to load it")
+            raise WorkflowError(f"--{flag.replace('_', '-')}: the workflow has no {class_type} node to load it")
         for nid in hits:
             prompt[nid]["inputs"][name] = value
 

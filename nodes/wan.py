@@ -10,9 +10,8 @@ from ..samplers.request import MAX_FRAMES, MAX_SIZE
 from ..samplers.validation import check_choice, fail, labelled
 from ..wan import anchor, pieces
 from ..wan.layout import LAYOUTS, LayoutError, place
-from .common import LPIPS_FOLDER
+from .common import LPIPS_FOLDER, WAN_CATEGORY
 
-WAN_CATEGORY = "Inbetween/Wan"
 LPIPS_CHUNK = 8  # frame pairs per LPIPS call: 81 pairs of 832x480 frames at once hold about a GB of AlexNet features
 LAYOUT_HELP = ("separate: every keyframe in a latent frame of its own (Anchor Frame Bridging's layout, for the Wan "
                "I2V models: Wan2.1 I2V 480P/720P, Wan2.2 I2V A14B); frames = keyframes (mod 4), e.g. 82 for start + "
