@@ -6,7 +6,7 @@ import importlib.util
 import torch
 from comfy_api.latest import io
 
-from ..samplers.request import MAX_FRAMES, MAX_SIZE
+from ..samplers.request import FLOAT_BYTES, GIB, MAX_FRAMES, MAX_SIZE, MIN_SIZE, check_frames, check_size
 from ..samplers.validation import check_choice, fail, labelled
 from ..wan import anchor, pieces
 from ..wan.layout import LAYOUTS, LayoutError, place
@@ -48,6 +48,21 @@ def _clip_vision(start, end):
     return out
 
 
+def _check_fits(keyframes, width: int, height: int, batch: int) -> None:
+    """What the node itself holds (float32 on the intermediate device) must fit that device: the grey keyframe clip,
+    its conditioning latent and mask, and the empty latent. A shared server gets the error, not an out-of-memory
+    kill."""
+    import comfy.model_management as mm
+    device = mm.intermediate_device()
+    cells = keyframes.latent_frames * (height // 8) * (width // 8)
+    need = (keyframes.frames * height * width * 3 + cells * (pieces.WAN21_LATENT_CHANNELS * (1 + batch) + 4)) * FLOAT_BYTES
+    total = mm.get_total_memory(device)
+    if need > total:
+        fail("frames", f"a {width}x{height} video of {keyframes.frames} frames needs {need / GIB:.1f} GiB for its "
+             f"keyframe clip and latents alone, more than this machine's {device} has in all ({total / GIB:.1f} GiB): "
+             f"lower width, height or frames")
+
+
 class SVDInbetweenWanKeyframes(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -63,10 +78,10 @@ class SVDInbetweenWanKeyframes(io.ComfyNode):
                 io.Vae.Input("vae", tooltip="The Wan 2.1 VAE (Wan2.2 A14B uses the same one)."),
                 io.Image.Input("start_image", tooltip="The first frame (one image)."),
                 io.Image.Input("end_image", tooltip="The last frame (one image, the start image's size)."),
-                io.Int.Input("width", default=832, min=16, max=MAX_SIZE, step=16,
+                io.Int.Input("width", default=832, min=MIN_SIZE, max=MAX_SIZE, step=16,
                              tooltip="Video width; keyframes are scaled and centre-cropped to it, as by ComfyUI's "
                                      "Wan nodes."),
-                io.Int.Input("height", default=480, min=16, max=MAX_SIZE, step=16, tooltip="Video height."),
+                io.Int.Input("height", default=480, min=MIN_SIZE, max=MAX_SIZE, step=16, tooltip="Video height."),
                 io.Int.Input("frames", default=82, min=2, max=MAX_FRAMES,
                              tooltip="Frames in the video, keyframes included. " + LAYOUT_HELP),
                 io.Combo.Input("layout", options=list(LAYOUTS), default="separate", tooltip=LAYOUT_HELP),
@@ -111,8 +126,12 @@ class SVDInbetweenWanKeyframes(io.ComfyNode):
             if not pieces.is_wan21_vae(vae):
                 fail("vae", f"expects the Wan 2.1 VAE (16 latent channels, 4 frames per latent frame), got one with "
                      f"{getattr(vae, 'latent_channels', '?')} channels; load wan_2.1_vae.safetensors")
+            check_size(width, height)
             if width % 16 or height % 16:
                 fail("width" if width % 16 else "height", f"Wan needs multiples of 16, got {width}x{height}")
+            check_frames("frames", frames)
+            if not 1 <= batch_size <= 64:
+                fail("batch_size", f"must be in [1, 64], got {batch_size}")
             anchors = anchor_image.shape[0] if anchor_image is not None else 0
             if anchor_position >= 0 and anchors != 1:
                 fail("anchor_position", f"places one anchor image, but anchor_image holds {anchors}; set -1 to "
@@ -122,6 +141,7 @@ class SVDInbetweenWanKeyframes(io.ComfyNode):
                                   "SVDInbetweenWanKeyframes")
             except LayoutError as e:
                 fail(e.input_name, e.message)
+            _check_fits(keyframes, width, height, batch_size)
         images = [start_image[:1]] + ([anchor_image] if anchors else []) + [end_image[-1:]]
         images = _fit(torch.cat([i[..., :3] for i in images]), width, height)
         strengths = (start_strength,) + (anchor_strength,) * anchors + (end_strength,)

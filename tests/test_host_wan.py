@@ -141,6 +141,7 @@ def test_bad_input_is_an_error_naming_node_and_input(wan):
     bad(wan, r"input 'anchor_position': places one anchor image, but anchor_image holds 2", frames=14,
         layout="separate", anchors=2, position=5)
     bad(wan, r"input 'layout'", frames=9, layout="diagonal")
+    bad(wan, r"input 'frames': makes a video of 5002 frames; a video has 3 to 4096", frames=5002, layout="separate")
     from svd_inbetween.nodes.wan import SVDInbetweenWanKeyframes
     from svd_inbetween.samplers.validation import InbetweenInputError
     pos, neg = wan["text"]
@@ -152,6 +153,12 @@ def test_bad_input_is_an_error_naming_node_and_input(wan):
     with pytest.raises(InbetweenInputError, match=r"input 'vae': expects the Wan 2.1 VAE .* 4 channels"):
         SVDInbetweenWanKeyframes.execute(pos, neg, tiny_models.tiny_vae(), im[:1], im[3:4], SIZE, SIZE, 6,
                                          "separate", 1, 1.0, 1.0, 1.0, -1)
+    with pytest.raises(InbetweenInputError, match=r"input 'frames': a 16384x16384 video of 4094 frames needs .* GiB"):
+        SVDInbetweenWanKeyframes.execute(pos, neg, wan["vae"], im[:1], im[3:4], 16384, 16384, 4094, "separate", 1,
+                                         1.0, 1.0, 1.0, -1)
+    with pytest.raises(InbetweenInputError, match=r"input 'width': Wan needs multiples of 16, got 72x64"):
+        SVDInbetweenWanKeyframes.execute(pos, neg, wan["vae"], im[:1], im[3:4], 72, 64, 6, "separate", 1,
+                                         1.0, 1.0, 1.0, -1)
     from svd_inbetween.nodes.wan import SVDInbetweenWanDecode
     with pytest.raises(InbetweenInputError, match=r"SVDInbetweenWanDecode: input 'samples': has 5 latent frames"):
         _, _, latent = keyframes(wan, 6, "separate")
