@@ -254,8 +254,10 @@ JS_CLEAR_ERROR_OUTLINES = """() => { app.graph.nodes.forEach(n => { n.has_errors
 # Fit the pack's nodes but the weights loader (with a margin) into a square in the middle of the window;
 # returns the square in page px.
 JS_FRAME_PACK_NODES = """(side) => {
-    const nodes = app.graph.nodes.filter(n => n.type.startsWith('SVDInbetween')
-                                              && n.type !== 'SVDInbetweenLoadBackwardWeights');
+    let nodes = app.graph.nodes.filter(n => n.type.startsWith('SVDInbetween')
+                                            && n.type !== 'SVDInbetweenLoadBackwardWeights');
+    // a template without pack nodes (wan_flf, the native Wan baseline): its Wan conditioning and sampler
+    if (!nodes.length) nodes = app.graph.nodes.filter(n => n.type.startsWith('Wan') || n.type === 'KSampler');
     const th = LiteGraph.NODE_TITLE_HEIGHT;
     let x0 = Infinity, y0 = Infinity, x1 = -Infinity, y1 = -Infinity;
     for (const n of nodes) {

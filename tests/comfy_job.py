@@ -18,14 +18,45 @@ sys.path.insert(0, HERE)
 from host import setup_comfy  # noqa: E402
 
 TINY = dict(width=64, height=64, frames=5, steps=2, recurrence=1)
+# the Wan templates' loaders -> the tiny pack's tiny Wan nodes (tests/tiny_wan.py), keeping the file-name input
+TINY_WAN_LOADERS = {"UNETLoader": ("SVDInbetweenTestTinyWanModel", "unet_name"),
+                    "VAELoader": ("SVDInbetweenTestTinyWanVAE", "vae_name"),
+                    "CLIPVisionLoader": ("SVDInbetweenTestTinyWanClipVision", "clip_name")}
+WAN_INSIDE_FRAMES = 9  # inside layout / WanFirstLastFrameToVideo: 1 (mod 4)
+# the middle keyframes of the wan_keyframes template, written by prepare_base beside start.png and end.png
+INPUT_IMAGES = ("start.png", "end.png", "keyframe_2.png", "keyframe_3.png")
+
+
+def tiny_wan_frames(frames: int, layout: str) -> int:
+    """The fewest frames that fit the same keyframes: separate 6 / 7 / 8 for 2 / 3 / 4 keyframes (frames =
+    keyframes mod 4, so the shipped 82 / 83 / 84 say how many), inside 9."""
+    if layout != "separate":
+        return WAN_INSIDE_FRAMES
+    return (frames % 4 or 4) + 4
 
 
 def tiny_prompt(api: dict, weights_name: str, film: str | None = None) -> dict:
     """A shipped API workflow with tiny models, tiny sizes and few steps."""
     p = json.loads(json.dumps(api))
+    for nid in [nid for nid, n in p.items() if n["class_type"] == "CLIPLoader"]:
+        del p[nid]  # its CLIPTextEncode nodes become seeded random text conditioning
     for node in p.values():
         ct, inputs = node["class_type"], node["inputs"]
-        if ct == "ImageOnlyCheckpointLoader":
+        if ct in TINY_WAN_LOADERS:
+            tiny, name = TINY_WAN_LOADERS[ct]
+            node["class_type"], node["inputs"] = tiny, {name: inputs[name]}
+        elif ct == "CLIPTextEncode":
+            node["class_type"], node["inputs"] = "SVDInbetweenTestTinyWanText", {"text": inputs["text"]}
+        elif ct == "SVDInbetweenWanKeyframes":
+            inputs.update(width=TINY["width"], height=TINY["height"],
+                          frames=tiny_wan_frames(inputs["frames"], inputs["layout"]))
+        elif ct == "WanFirstLastFrameToVideo":
+            inputs.update(width=TINY["width"], height=TINY["height"], length=WAN_INSIDE_FRAMES)
+        elif ct == "ImageScale":
+            inputs.update(width=TINY["width"], height=TINY["height"])
+        elif ct == "SplitSigmas":
+            inputs["step"] = 1  # the reverse pass stopped after 1 of its 2 steps (the K ablation)
+        elif ct == "ImageOnlyCheckpointLoader":
             node["class_type"] = "SVDInbetweenTestTinyModels"
             node["inputs"] = {"ckpt_name": "tiny"}
         elif ct == "SVDInbetweenConditioning":
@@ -37,7 +68,7 @@ def tiny_prompt(api: dict, weights_name: str, film: str | None = None) -> dict:
         elif ct == "SVDInbetweenChain":
             # 3-frame segments: the shipped chain (A, B, A) then has TINY["frames"] frames
             inputs.update(width=TINY["width"], height=TINY["height"], frames="3")
-        if ct in ("SVDInbetweenSampler", "BasicScheduler", "SVDInbetweenChain"):
+        if ct in ("SVDInbetweenSampler", "BasicScheduler", "SVDInbetweenChain", "KSampler"):
             inputs["steps"] = TINY["steps"]
         if ct in ("SVDInbetweenSampler", "SVDInbetweenRecurrentEuler", "SVDInbetweenChain"):
             inputs["recurrence"] = TINY["recurrence"]
@@ -45,13 +76,13 @@ def tiny_prompt(api: dict, weights_name: str, film: str | None = None) -> dict:
 
 
 def prepare_base(base: str, film: bool = False) -> str:
-    """Input images and a tiny backward-weights file in a ComfyUI base directory; with `film`, also a random FILM
-    file (tiny_models.TINY_FILM) in models/frame_interpolation."""
+    """Input images, a tiny backward-weights file and a random LPIPS AlexNet (write_random_lpips) in a ComfyUI base
+    directory; with `film`, also a random FILM file (tiny_models.TINY_FILM) in models/frame_interpolation."""
     import numpy as np
     from PIL import Image
     os.makedirs(os.path.join(base, "input"), exist_ok=True)
     rng = np.random.default_rng(0)
-    for name in ("start.png", "end.png"):
+    for name in INPUT_IMAGES:
         Image.fromarray(rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(os.path.join(base, "input", name))
     import tiny_models
     from svd_inbetween.bench.models import random_backward_weights
@@ -63,7 +94,21 @@ def prepare_base(base: str, film: bool = False) -> str:
                           "absolute", {"source": "test"})
     if film:
         tiny_models.write_tiny_film(os.path.join(base, "models", "frame_interpolation"))
+    write_random_lpips(os.path.join(base, "models", "lpips"))
     return name
+
+
+def write_random_lpips(folder: str) -> str:
+    """A random torchvision AlexNet under the file name Wan Anchor Frame reads (no download)."""
+    import torch
+    import torchvision
+    from svd_inbetween.evaluation.features import LPIPS_BACKBONES
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, LPIPS_BACKBONES["alex"].filename)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        torch.save(torchvision.models.alexnet(weights=None).state_dict(), path)
+    return path
 
 
 def video_info(path: str) -> dict:
@@ -71,6 +116,19 @@ def video_info(path: str) -> dict:
     with av.open(path) as c:
         frames = [f for f in c.decode(video=0)]
         return {"frames": len(frames), "width": frames[0].width, "height": frames[0].height}
+
+
+def wan_outputs(session, prompt: dict) -> dict:
+    """What a Wan template's inner nodes made: each Wan Keyframe Decode's frames [F, H, W, C], the anchor's
+    position and image shape."""
+    out = {}
+    for nid, node in prompt.items():
+        if node["class_type"] == "SVDInbetweenWanDecode":
+            out[nid] = list(session.node_output(nid)[0][0].shape)
+        elif node["class_type"] == "SVDInbetweenWanAnchor":
+            image, position, _ = session.node_output(nid)
+            out[nid] = {"position": int(position[0]), "anchor": list(image[0].shape)}
+    return out
 
 
 def job_workflows(job: dict) -> dict:
@@ -102,6 +160,9 @@ def job_workflows(job: dict) -> dict:
             latent = next(o[0] for o in session.node_output("6") if isinstance(o[0], dict))["samples"]
             results[fname] = {"videos": videos, "latent_shape": list(latent.shape),
                               "latent_sum": float(latent.double().sum())}
+            wan = wan_outputs(session, prompt)
+            if wan:
+                results[fname]["wan"] = wan
         return results
 
     results = run_folder(os.path.join(REPO, "workflows", "api"))

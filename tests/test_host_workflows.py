@@ -21,6 +21,19 @@ SAME_METHOD = [("svd_inbetween_gi.json", "svd_inbetween_gi_custom_advanced.json"
                ("svd_inbetween_gi.json", "svd_inbetween.app.json"),
                ("svd_inbetween_gi.json", "svd_inbetween_film.json")]  # FILM only after the decoder
 FILM = "svd_inbetween_film.json"  # needs the host's FrameInterpolate (0.33+); other hosts do not list it
+# the Wan templates at comfy_job.tiny_prompt's sizes: (video frames, latent shape of node 6's sampler): wan_afb's
+# video is its third pass, start + anchor + end (3 keyframes: 7 frames, 3 + 1 latent frames); wan_flf's the inside
+# layout's 9 frames (3 latent frames); wan_keyframes' 4 keyframes in 8 frames (4 + 1 latent frames)
+WAN = {"wan_afb.json": (7, [1, 16, 4, 8, 8]), "wan_flf.json": (9, [1, 16, 3, 8, 8]),
+       "wan_keyframes.json": (8, [1, 16, 5, 8, 8])}
+TINY = 64
+
+
+def video_frames(name: str) -> int:
+    """Frames of a shipped workflow's video at the tiny settings."""
+    if name in WAN:
+        return WAN[name][0]
+    return 9 if name == FILM else 5  # FILM doubles the frame rate: 2 * (5 - 1) + 1
 
 
 def run_job(tmp_path, kind: str, **extra) -> dict:
@@ -71,7 +84,7 @@ def test_ui_workflows_describe_their_api_twins():
     # value, as today's template of the same graph (only the filename prefix differs: its own per template now)
     from ui_format import check_workflow
     before = sorted(f for f in os.listdir(os.path.join(BEFORE, "ui")) if f.endswith(".json"))
-    assert {renamed(f) for f in before} == set(api_workflows())
+    assert {renamed(f) for f in before} == set(api_workflows()) - set(WAN)
     for name in sorted(set(before) - hidden):
         with open(os.path.join(BEFORE, "ui", name)) as f:
             old_ui = json.load(f)
@@ -96,13 +109,13 @@ def test_shipped_workflows_run_in_process(tmp_path):
     import tiny_models
     assert sorted(res) == [n for n in api_workflows() if n != FILM or tiny_models.host_has_film()]
     for name, r in res.items():
-        frames = 9 if name == FILM else 5  # FILM doubles the frame rate: 2 * (5 - 1) + 1
         # each workflow saves under its own name: two workflows' videos never share one
-        assert r["videos"] == [{"frames": frames, "width": 64, "height": 64,
+        assert r["videos"] == [{"frames": video_frames(name), "width": TINY, "height": TINY,
                                 "prefix": "video/" + name[:-len(".json")]}], name
-        assert r["latent_shape"] == [5, 4, 8, 8]
+        assert r["latent_shape"] == (WAN[name][1] if name in WAN else [5, 4, 8, 8]), name
+    check_wan_afb(res["wan_afb.json"]["wan"])
     # an API prompt saved from a template before the renames runs and makes what today's template makes
-    assert sorted(renamed(n) for n in before) == sorted(res)
+    assert sorted(renamed(n) for n in before) == sorted(set(res) - set(WAN))
     for name, r in before.items():
         assert r["latent_sum"] == res[renamed(name)]["latent_sum"], name
         assert [{**v, "prefix": None} for v in r["videos"]] == [
@@ -113,6 +126,16 @@ def test_shipped_workflows_run_in_process(tmp_path):
         assert res[a]["latent_sum"] == res[b]["latent_sum"], (a, b)
     # the fast and the chained workflows are other methods
     assert len({r["latent_sum"] for r in res.values()}) == len(res) - len(same)
+
+
+def check_wan_afb(made: dict) -> None:
+    """wan_afb's passes (comfy_job.wan_outputs, by node id): forward (22) and early-stopped reverse (30) are 2-keyframe
+    clips of 6 frames; the anchor is one frame from a breakpoint inside the forward clip (edge_frames 1); the third
+    pass (7) is the 3-keyframe clip, 7 frames."""
+    clip = [6, TINY, TINY, 3]
+    assert made["22"] == clip and made["30"] == clip, made
+    assert made["31"]["anchor"] == [1, TINY, TINY, 3] and 1 <= made["31"]["position"] <= 4, made
+    assert made["7"] == [WAN["wan_afb.json"][0], TINY, TINY, 3], made
 
 
 @pytest.mark.server
@@ -145,7 +168,7 @@ def test_real_server_object_info_and_workflows_over_http(tmp_path):
             assert len(videos) == 1
             v = videos[0]
             info_v = video_info(os.path.join(str(tmp_path), "output", v.get("subfolder", ""), v["filename"]))
-            assert info_v == {"frames": 9 if name == FILM else 5, "width": 64, "height": 64}
+            assert info_v == {"frames": video_frames(name), "width": TINY, "height": TINY}, name
         # a bad graph is refused with our message and the server keeps serving
         with open(os.path.join(API_DIR, api_workflows()[0])) as f:
             bad = tiny_prompt(json.load(f), weights)

@@ -135,6 +135,9 @@ def test_each_template_shows_its_modes_own_settings(name):
 
 # templates named after what else they are than a mode: the chain, FILM after the mode, the app
 NOT_A_MODE = {"svd_inbetween_keyframe_chain": "gi", "svd_inbetween_film": "gi", "svd_inbetween.app": "gi"}
+# the Wan templates (no SVD mode): named after the node that makes them what they are
+WAN_RUNS = {"wan_afb": "SVDInbetweenWanAnchor", "wan_flf": "WanFirstLastFrameToVideo",
+            "wan_keyframes": "SVDInbetweenWanKeyframes"}
 
 
 def shipped_names() -> list[str]:
@@ -145,10 +148,14 @@ def shipped_names() -> list[str]:
 def test_each_template_is_named_after_what_it_runs_and_saves_under_its_name(name):
     with open(os.path.join(REPO, "workflows", "api", name + ".json")) as f:
         prompt = json.load(f)
-    (mode,) = {n["inputs"]["mode"] for n in prompt.values() if "mode" in n["inputs"]}
-    if name in NOT_A_MODE:
+    modes = {n["inputs"]["mode"] for n in prompt.values() if "mode" in n["inputs"]}
+    if name.startswith("wan_"):
+        assert not modes and WAN_RUNS[name] in {n["class_type"] for n in prompt.values()}, name
+    elif name in NOT_A_MODE:
+        (mode,) = modes
         assert mode == NOT_A_MODE[name], name
     else:  # svd_inbetween_<mode> or svd_inbetween_<mode>_custom_advanced
+        (mode,) = modes
         assert name in (f"svd_inbetween_{mode}", f"svd_inbetween_{mode}_custom_advanced"), (name, mode)
     prefixes = [n["inputs"]["filename_prefix"] for n in prompt.values() if n["class_type"] == "SaveVideo"]
     assert prefixes == [f"video/{name}"], prefixes

@@ -20,7 +20,12 @@ pytestmark = [pytest.mark.server, pytest.mark.every_host]
 
 SUBGRAPH_DIR = os.path.join(REPO, "subgraphs")
 PACK = "custom_nodes.svd_inbetween"
-MIN_BLUEPRINTS = {"Keyframes to Video (SVD Inbetween)", "Keyframe Chain to Video (SVD Inbetween)"}
+MIN_BLUEPRINTS = {"Keyframes to Video (SVD Inbetween)", "Keyframe Chain to Video (SVD Inbetween)",
+                  "Keyframes to Video (Wan, Anchor Frame Bridging)"}
+# what each blueprint exposes at least: the SVD ones a mode and its files, the Wan one its prompts and passes
+EXPOSED = {"SVD Inbetween": {"mode", "seed", "steps", "ckpt_name", "weights"},
+           "Inbetween/Wan": {"prompt", "reverse_prompt", "seed", "steps", "unet_name", "width", "height",
+                             "reverse_stop_step"}}
 
 
 def shipped() -> dict[str, str]:
@@ -47,7 +52,7 @@ def test_blueprints_are_what_build_workflows_writes():
         assert top["type"] == sub["id"] and sub["name"] == name
         assert [o["type"] for o in sub["outputs"]] == ["VIDEO"]
         assert [i["name"] for i in sub["inputs"]] == [i["name"] for i in top["inputs"]]
-        assert {"mode", "seed", "steps", "ckpt_name", "weights"} <= {i["name"] for i in sub["inputs"]}
+        assert EXPOSED[sub["category"]] <= {i["name"] for i in sub["inputs"]}, name
         links = {link["id"]: link for link in sub["links"]}
         for slot, i in enumerate(sub["inputs"]):
             for lid in i["linkIds"]:
@@ -56,6 +61,24 @@ def test_blueprints_are_what_build_workflows_writes():
         for link in links.values():  # every link ends on the input that names it
             if link["target_id"] != -20:
                 assert nodes[link["target_id"]]["inputs"][link["target_slot"]]["link"] == link["id"], (name, link)
+
+
+def test_one_wan_widget_drives_every_pass():
+    """The Wan blueprint's seed, steps, width and height each reach all three passes (and the scaling of both
+    images), through one input with several links."""
+    bp = json.loads(shipped()["Keyframes to Video (Wan, Anchor Frame Bridging)"])
+    (sub,) = bp["definitions"]["subgraphs"]
+    nodes = {n["id"]: n for n in sub["nodes"]}
+    links = {link["id"]: link for link in sub["links"]}
+    reached = {i["name"]: sorted((nodes[links[lid]["target_id"]]["type"],
+                                  nodes[links[lid]["target_id"]]["inputs"][links[lid]["target_slot"]]["name"])
+                                 for lid in i["linkIds"]) for i in sub["inputs"]}
+    assert reached["seed"] == [("KSampler", "seed")] * 2 + [("RandomNoise", "noise_seed")]
+    assert reached["steps"] == [("BasicScheduler", "steps")] + [("KSampler", "steps")] * 2
+    for side in ("width", "height"):
+        assert reached[side] == [("ImageScale", side)] * 2 + [("SVDInbetweenWanKeyframes", side)] * 3
+    assert reached["reverse_stop_step"] == [("SplitSigmas", "step")]
+    assert reached["start_image"] == reached["end_image"] == [("ImageScale", "image")]
 
 
 def test_server_lists_and_serves_the_blueprints(tmp_path):

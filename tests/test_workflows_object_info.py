@@ -97,10 +97,17 @@ def test_writing_then_reading_is_the_host_reading_and_checks_pass():
         "node 1 (Src): no such node type on this host"]
 
 
+# each model loader of the templates, and the models/ folder its file goes in
+LOADER_FOLDERS = {"ImageOnlyCheckpointLoader": "checkpoints", "SVDInbetweenLoadBackwardWeights": "svd_inbetween",
+                  "FrameInterpolationModelLoader": "frame_interpolation", "UNETLoader": "diffusion_models",
+                  "CLIPLoader": "text_encoders", "VAELoader": "vae", "CLIPVisionLoader": "clip_vision"}
+
+
 def test_every_template_has_a_thumbnail_and_model_sources():
     from PIL import Image
 
     from svd_inbetween.cli.convert import default_file_name
+    from svd_inbetween.evaluation.features import LPIPS_BACKBONES
     names = workflow_names(UI_DIR)
     assert names
     backward = default_file_name(delta=True, fp16=True)
@@ -109,16 +116,18 @@ def test_every_template_has_a_thumbnail_and_model_sources():
             assert im.format == "JPEG" and min(im.size) >= 256, (name, im.format, im.size)
             assert len(im.convert("L").resize((32, 32)).getcolors(256)) > 20, f"{name}.jpg is a flat image"
         ui = load_workflow(UI_DIR, name)
-        loaders = [n for n in ui["nodes"] if n["type"] in ("ImageOnlyCheckpointLoader",
-                                                           "SVDInbetweenLoadBackwardWeights",
-                                                           "FrameInterpolationModelLoader")]
+        loaders = [n for n in ui["nodes"] if n["type"] in LOADER_FOLDERS]
         assert loaders, name
         for node in loaders:
             models = node["properties"]["models"]
             assert [m["name"] for m in models] == [node["widgets_values"][0]], (name, node["id"])
             for m in models:
-                assert m["url"].startswith("https://") and m["directory"] in ("checkpoints", "svd_inbetween",
-                                                                             "frame_interpolation"), m
+                assert m["url"].startswith("https://") and m["directory"] == LOADER_FOLDERS[node["type"]], m
+        for node in ui["nodes"]:  # Wan Anchor Frame names the LPIPS backbone it reads from models/lpips
+            if node["type"] == "SVDInbetweenWanAnchor":
+                assert node["properties"]["models"] == [{
+                    "name": LPIPS_BACKBONES["alex"].filename, "directory": "lpips",
+                    "url": LPIPS_BACKBONES["alex"].url}], name
             if node["type"] == "SVDInbetweenLoadBackwardWeights":
                 assert node["widgets_values"][0] == backward, name
 

@@ -22,6 +22,9 @@ DYNAMIC_COMBO = "COMFY_DYNAMICCOMBO_V3"
 CONTROL_VALUES = ("fixed", "increment", "decrement", "randomize")
 # combo values that name a file (model, image): a value the host lacks is a missing file, not a wrong value
 FILE_EXTS = (".safetensors", ".ckpt", ".pt", ".pth", ".bin", ".sft", ".gguf", ".png", ".jpg", ".jpeg", ".webp")
+# deprecated nodes a template may still use because no replacement exists on every supported host: ImageBatch
+# (deprecated on 0.8 and 0.33, still loads and runs there; their BatchImagesNode is not on 0.3.64)
+DEPRECATED_ALLOWED = frozenset({"ImageBatch"})
 
 
 # ---------------------------------------------------------------- definitions
@@ -208,7 +211,7 @@ def check_workflow(ui: dict, defs: dict) -> list[str]:
         if defn is None:
             problems.append(f"{where}: no such node type on this host")
             continue
-        if defn.get("deprecated"):
+        if defn.get("deprecated") and node["type"] not in DEPRECATED_ALLOWED:
             problems.append(f"{where}: deprecated on this host")
         _, slots, walked = read_widgets(defn, node.get("widgets_values"))
         for name, kind, saved, typ, opts in slots:

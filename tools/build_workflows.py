@@ -22,6 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
+sys.path.insert(0, HERE)
 
 from host import import_pack  # noqa: E402
 from ui_format import api_as_host_reads, api_to_ui, check_workflow, definitions, is_widget, walk  # noqa: E402
@@ -29,6 +30,7 @@ from ui_format import api_as_host_reads, api_to_ui, check_workflow, definitions,
 import_pack()  # this checkout as `svd_inbetween`, whatever else is installed
 from svd_inbetween.attention_patch.modes import mode_of  # noqa: E402
 from svd_inbetween.cli.convert import default_file_name  # noqa: E402
+import wan_workflows  # noqa: E402  (the Wan templates and blueprint)
 
 CKPT = "svd_xt.safetensors"
 # what README's `svd-inbetween convert ... -o ComfyUI/models/svd_inbetween/ --base ... --fp16` writes
@@ -47,6 +49,7 @@ MODEL_SOURCES = {
     "FrameInterpolationModelLoader": [{
         "name": FILM, "directory": "frame_interpolation",
         "url": "https://huggingface.co/Comfy-Org/frame_interpolation/resolve/main/frame_interpolation/" + FILM}],
+    **wan_workflows.MODEL_SOURCES,
 }
 
 
@@ -194,14 +197,16 @@ APP_EXTRA = {"linearMode": True, "linearData": {"inputs": [[2, "image"], [3, "im
 WORKFLOWS = {"svd_inbetween_gi": gi, "svd_inbetween_gi_custom_advanced": gi_custom_advanced,
              "svd_inbetween_vibid": vibid, "svd_inbetween_vibid_gi_custom_advanced": vibid_gi_custom_advanced,
              "svd_inbetween_mpd": mpd, "svd_inbetween_keyframe_chain": keyframe_chain, "svd_inbetween.app": app,
-             "svd_inbetween_film": film}
+             "svd_inbetween_film": film, **wan_workflows.WORKFLOWS}
 EXTRA = {"svd_inbetween.app": APP_EXTRA}
 # the app lists widgets by label: both image widgets would read "image"
 LABELS = {"svd_inbetween.app": {"2": {"image": "Start frame"}, "3": {"image": "End frame"}}}
 
 
 # Subgraph blueprints: the template each one wraps, its IMAGE inputs ({input: [(node, input), ...]}, in the
-# order the blueprint node shows them) and the widgets it exposes ((node, widget); the exposed name is the widget's).
+# order the blueprint node shows them) and the widgets it exposes: (node, widget), named as the widget shows, or
+# (name, [(node, widget), ...]) for one widget that drives several inner nodes (wan_workflows.py); "category"
+# overrides BLUEPRINT_CATEGORY.
 # A blueprint's steps and cfg are 0, the mode's own (attention_patch/modes.py): whichever mode a user picks runs at
 # its settings; its backward-weights loader passes the model on where the file is missing, so only the modes that
 # use the weights need the file.
@@ -223,6 +228,7 @@ BLUEPRINTS = {
         "description": "One video through three keyframes (A, B, C; a loop with C = A): SVD Inbetween per segment, "
                        "joined (the svd_inbetween_keyframe_chain template as one node).",
     },
+    **wan_workflows.BLUEPRINTS,
 }
 # the value that leaves a setting to the mode (nodes/inputs.py)
 MODE_OWN = {"steps": 0, "cfg": 0.0}
@@ -235,13 +241,18 @@ def _uid(*parts: str) -> str:
     return str(uuid.uuid5(BLUEPRINT_NAMESPACE, "/".join(parts)))
 
 
+def widget_targets(entry: tuple) -> tuple[str | None, list[tuple[str, str]]]:
+    """(exposed name or None for the widget's own, [(node, widget), ...]) of one BLUEPRINTS widget entry."""
+    return entry if isinstance(entry[1], list) else (None, [entry])
+
+
 def blueprint(name: str, defs: dict) -> dict:
     """The subgraph blueprint `name` of BLUEPRINTS for the host `defs` describes."""
     spec = BLUEPRINTS[name]
     twin, _ = build(spec["template"], defs)
     api = json.loads(json.dumps(twin))
-    for nid, widget in spec["widgets"]:
-        if widget in MODE_OWN:
+    for nid, widget in (t for entry in spec["widgets"] for t in widget_targets(entry)[1]):
+        if widget in MODE_OWN and "mode" in api[nid]["inputs"]:  # the SVD sampler's mode has its own settings
             api[nid]["inputs"][widget] = MODE_OWN[widget]
     dropped = {nid for nid, n in api.items() if n["class_type"] in ("LoadImage", "SaveVideo")}
     video_from = next(api[nid]["inputs"]["video"] for nid in dropped if api[nid]["class_type"] == "SaveVideo")
@@ -274,13 +285,15 @@ def blueprint(name: str, defs: dict) -> dict:
         ids = [link_into(len(inputs), nid, target, "IMAGE") for nid, target in targets]
         inputs.append({"id": _uid(name, "input", input_name), "name": input_name, "type": "IMAGE", "linkIds": ids})
         top_inputs.append({"name": input_name, "type": "IMAGE", "link": None})
-    for nid, widget in spec["widgets"]:
+    for entry in spec["widgets"]:
+        exposed, targets = widget_targets(entry)
+        nid, widget = targets[0]
         typ, opts = next((t, o) for w, t, o in walk(defs[api[nid]["class_type"]], lambda *a: None) if w == widget)
         assert is_widget(typ), (name, nid, widget)
         typ = "COMBO" if isinstance(typ, list) else typ
-        shown = opts.get("display_name") or widget  # the name the node shows (video_frames shows as frames)
-        ids = [link_into(len(inputs), nid, widget, typ)]
-        inputs.append({"id": _uid(name, "input", widget), "name": shown, "type": typ, "linkIds": ids})
+        shown = exposed or opts.get("display_name") or widget  # the name the node shows (video_frames: frames)
+        ids = [link_into(len(inputs), t_nid, t_widget, typ) for t_nid, t_widget in targets]
+        inputs.append({"id": _uid(name, "input", exposed or widget), "name": shown, "type": typ, "linkIds": ids})
         top_inputs.append({"name": shown, "type": typ, "widget": {"name": shown}, "link": None})
     src, slot = video_from
     out_link = len(links) + 1
@@ -290,7 +303,8 @@ def blueprint(name: str, defs: dict) -> dict:
     x1 = max(n["pos"][0] + n["size"][0] for n in inner["nodes"])
     sub_id = _uid(name)
     subgraph = {
-        "id": sub_id, "version": 1, "revision": 0, "name": name, "category": BLUEPRINT_CATEGORY,
+        "id": sub_id, "version": 1, "revision": 0, "name": name,
+        "category": spec.get("category", BLUEPRINT_CATEGORY),
         "description": spec["description"], "config": {}, "extra": {}, "groups": [], "widgets": [],
         "state": {"lastGroupId": 0, "lastNodeId": inner["last_node_id"], "lastLinkId": len(links), "lastRerouteId": 0},
         "inputNode": {"id": -10, "bounding": [40, 40, 160, 40 + 20 * len(inputs)]},
@@ -307,8 +321,14 @@ def blueprint(name: str, defs: dict) -> dict:
 
 
 def model_properties(api: dict) -> dict:
-    return {nid: {"models": MODEL_SOURCES[n["class_type"]]} for nid, n in api.items()
-            if n["class_type"] in MODEL_SOURCES}
+    """Each loader's model files; of several for one loader class (UNETLoader), the one the node loads."""
+    out = {}
+    for nid, n in api.items():
+        sources = MODEL_SOURCES.get(n["class_type"], [])
+        loaded = [m for m in sources if m["name"] in n["inputs"].values()]
+        if sources:
+            out[nid] = {"models": loaded or sources}
+    return out
 
 
 def build(name: str, defs: dict) -> tuple[dict, dict]:

@@ -28,6 +28,89 @@ class SVDInbetweenTestTinyModels:
 NODE_CLASS_MAPPINGS = {"SVDInbetweenTestTinyModels": SVDInbetweenTestTinyModels}
 
 
+# --- Tiny Wan 2.1 (tests/tiny_wan.py) in place of the Wan templates' loaders and text encoder (comfy_job.tiny_prompt)
+
+def _tiny_wan(kind: str, make):
+    if kind not in _CACHE:
+        _CACHE[kind] = make()
+    return _CACHE[kind]
+
+
+class SVDInbetweenTestTinyWanModel:
+    """UNETLoader's place: the tiny FLF2V model for a file named like FLF2V, else the tiny I2V model."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"unet_name": ("STRING", {"default": "tiny"})}}
+
+    RETURN_TYPES = ("MODEL",)
+    FUNCTION = "load"
+    CATEGORY = "_for_testing"
+
+    def load(self, unet_name):
+        import tiny_wan
+        if "flf2v" in unet_name:
+            return (_tiny_wan("wan_flf", tiny_wan.tiny_wan_flf_model),)
+        return (_tiny_wan("wan_i2v", tiny_wan.tiny_wan_i2v_model),)
+
+
+class SVDInbetweenTestTinyWanVAE:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"vae_name": ("STRING", {"default": "tiny"})}}
+
+    RETURN_TYPES = ("VAE",)
+    FUNCTION = "load"
+    CATEGORY = "_for_testing"
+
+    def load(self, vae_name):
+        import tiny_wan
+        return (_tiny_wan("wan_vae", tiny_wan.tiny_wan_vae),)
+
+
+class SVDInbetweenTestTinyWanClipVision:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"clip_name": ("STRING", {"default": "tiny"})}}
+
+    RETURN_TYPES = ("CLIP_VISION",)
+    FUNCTION = "load"
+    CATEGORY = "_for_testing"
+
+    def load(self, clip_name):
+        import tiny_wan
+        return (_tiny_wan("wan_clip_vision", tiny_wan.tiny_wan_clip_vision),)
+
+
+class SVDInbetweenTestTinyWanText:
+    """CLIPLoader + CLIPTextEncode's place (no tiny UMT5): seeded random text conditioning, one seed per text, so
+    two prompts give two conditionings and one prompt always the same."""
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"text": ("STRING", {"default": "", "multiline": True})}}
+
+    RETURN_TYPES = ("CONDITIONING",)
+    FUNCTION = "encode"
+    CATEGORY = "_for_testing"
+
+    def encode(self, text):
+        import zlib
+
+        import torch
+        import tiny_wan
+        g = torch.Generator().manual_seed(zlib.crc32(text.encode("utf-8")))
+        return ([[torch.randn(1, tiny_wan.TEXT_TOKENS, tiny_wan.TEXT_DIM, generator=g), {}]],)
+
+
+NODE_CLASS_MAPPINGS.update({
+    "SVDInbetweenTestTinyWanModel": SVDInbetweenTestTinyWanModel,
+    "SVDInbetweenTestTinyWanVAE": SVDInbetweenTestTinyWanVAE,
+    "SVDInbetweenTestTinyWanClipVision": SVDInbetweenTestTinyWanClipVision,
+    "SVDInbetweenTestTinyWanText": SVDInbetweenTestTinyWanText,
+})
+
+
 # --- Robustness tests (tests/test_server_robustness.py): latents out of the server, cache busting,
 # --- and models/encoders the sampler must refuse.
 
