@@ -25,14 +25,16 @@ def _fit(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
     return comfy.utils.common_upscale(image[..., :3].movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
 
 
-def _check_images(images: list[tuple[str, torch.Tensor]]) -> None:
+def _check_images(images: list[tuple[str, torch.Tensor]], video: tuple[int, int] | None = None) -> None:
+    """Finite IMAGE batches of one size: the first's, or (for an anchor cut from a decoded clip) the video's own
+    (height, width), which the crop leaves as it is."""
     first_name, first = images[0]
     for name, img in images:
         if img.ndim != 4 or img.shape[0] < 1:
             fail(name, f"expected an IMAGE batch [B, H, W, C], got shape {tuple(img.shape)}")
         if not torch.isfinite(img).all():
             fail(name, "contains NaN or Inf")
-        if img.shape[1:3] != first.shape[1:3]:
+        if img.shape[1:3] != first.shape[1:3] and tuple(img.shape[1:3]) != video:
             fail(name, f"is {img.shape[2]}x{img.shape[1]} but {first_name} is {first.shape[2]}x{first.shape[1]}: give "
                  f"every keyframe one size (ImageScale) so each is cropped the same way")
 
@@ -122,7 +124,7 @@ class SVDInbetweenWanKeyframes(io.ComfyNode):
             named = [("start_image", start_image), ("end_image", end_image)]
             if anchor_image is not None:
                 named.append(("anchor_image", anchor_image))
-            _check_images(named)
+            _check_images(named, (height, width))
             if not pieces.is_wan21_vae(vae):
                 fail("vae", f"expects the Wan 2.1 VAE (16 latent channels, 4 frames per latent frame), got one with "
                      f"{getattr(vae, 'latent_channels', '?')} channels; load wan_2.1_vae.safetensors")
@@ -143,7 +145,7 @@ class SVDInbetweenWanKeyframes(io.ComfyNode):
                 fail(e.input_name, e.message)
             _check_fits(keyframes, width, height, batch_size)
         images = [start_image[:1]] + ([anchor_image] if anchors else []) + [end_image[-1:]]
-        images = _fit(torch.cat([i[..., :3] for i in images]), width, height)
+        images = torch.cat([_fit(i, width, height) for i in images])
         strengths = (start_strength,) + (anchor_strength,) * anchors + (end_strength,)
         import comfy.model_management
         latent = torch.zeros([batch_size, pieces.WAN21_LATENT_CHANNELS, keyframes.latent_frames, height // 8,

@@ -149,6 +149,13 @@ def test_bad_input_is_an_error_naming_node_and_input(wan):
     with pytest.raises(InbetweenInputError, match=r"input 'end_image': is 32x64 but start_image is 64x64"):
         SVDInbetweenWanKeyframes.execute(pos, neg, wan["vae"], im[:1], im[3:4, :, :32], SIZE, SIZE, 6, "separate", 1,
                                          1.0, 1.0, 1.0, -1)
+    # an anchor at the video's own size (cut from a decoded clip) goes with keyframes of another size
+    big = torch.rand(2, 96, 80, 3, generator=torch.Generator().manual_seed(1))
+    SVDInbetweenWanKeyframes.execute(pos, neg, wan["vae"], big[:1], big[1:], SIZE, SIZE, 7, "separate", 1,
+                                     1.0, 1.0, 1.0, -1, im[1:2])
+    with pytest.raises(InbetweenInputError, match=r"input 'anchor_image': is 32x64 but start_image is 80x96"):
+        SVDInbetweenWanKeyframes.execute(pos, neg, wan["vae"], big[:1], big[1:], SIZE, SIZE, 7, "separate", 1,
+                                         1.0, 1.0, 1.0, -1, im[1:2, :, :32])
     import tiny_models
     with pytest.raises(InbetweenInputError, match=r"input 'vae': expects the Wan 2.1 VAE .* 4 channels"):
         SVDInbetweenWanKeyframes.execute(pos, neg, tiny_models.tiny_vae(), im[:1], im[3:4], SIZE, SIZE, 6,
