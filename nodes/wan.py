@@ -132,6 +132,10 @@ class SVDInbetweenWanKeyframes(io.ComfyNode):
             if width % 16 or height % 16:
                 fail("width" if width % 16 else "height", f"Wan needs multiples of 16, got {width}x{height}")
             check_frames("frames", frames)
+            for name, value in (("start_strength", start_strength), ("end_strength", end_strength),
+                                ("anchor_strength", anchor_strength)):
+                if not (isinstance(value, (int, float)) and 0.0 <= value <= 1.0):
+                    fail(name, f"must be a number in [0, 1] (1: the keyframe exactly), got {value!r}")
             if not 1 <= batch_size <= 64:
                 fail("batch_size", f"must be in [1, 64], got {batch_size}")
             anchors = anchor_image.shape[0] if anchor_image is not None else 0
@@ -251,6 +255,8 @@ class SVDInbetweenWanAnchor(io.ComfyNode):
             if reverse_video.shape[0] < frames:
                 fail("reverse_video", f"has {reverse_video.shape[0]} frames, fewer than forward_video's {frames}: "
                      f"generate the reverse clip at the forward clip's length")
+            if edge_frames < 1:
+                fail("edge_frames", f"must be at least 1 (a keyframe is never the breakpoint), got {edge_frames}")
             if frames < 2 * edge_frames + 1:
                 fail("edge_frames", f"{edge_frames} leaves no frame to search in a {frames}-frame forward_video")
             distance = lpips_distance(lpips_net)

@@ -120,6 +120,49 @@ def prompt_custom(v: dict, weights: str) -> dict:
     }
 
 
+def prompt_wan(v: dict, weights: str) -> dict:
+    """EmptyImage keyframes (and anchors) -> Wan Keyframes to Video -> KSampler -> Wan Keyframe Decode."""
+    p = {
+        "m": {"class_type": "SVDInbetweenTestTinyWanModel", "inputs": {"unet_name": v["unet"]}},
+        "v": {"class_type": "SVDInbetweenTestTinyWanVAE", "inputs": {"vae_name": "tiny"}},
+        "t": {"class_type": "SVDInbetweenTestTinyWanText", "inputs": {"text": "forward"}},
+        "u": {"class_type": "SVDInbetweenTestTinyWanText", "inputs": {"text": "negative"}},
+        "a": {"class_type": "EmptyImage", "inputs": {"width": v["image_w"], "height": v["image_h"], "batch_size": 1,
+                                                     "color": 0x3366AA}},
+        "b": {"class_type": "EmptyImage", "inputs": {"width": v["end_w"], "height": v["image_h"], "batch_size": 1,
+                                                     "color": 0xAA6633}},
+        "c": {"class_type": "SVDInbetweenWanKeyframes", "inputs": {
+            "positive": ["t", 0], "negative": ["u", 0], "vae": ["v", 0], "start_image": ["a", 0],
+            "end_image": ["b", 0], "width": v["width"], "height": v["height"], "frames": v["frames"],
+            "layout": v["layout"], "batch_size": v["batch"], "start_strength": v["strength"],
+            "end_strength": 1.0, "anchor_strength": v["anchor_strength"], "anchor_position": v["position"]}},
+        "s": {"class_type": "KSampler", "inputs": {
+            "model": ["m", 0], "seed": v["seed"], "steps": 1, "cfg": 3.0, "sampler_name": "euler",
+            "scheduler": "simple", "positive": ["c", 0], "negative": ["c", 1], "latent_image": ["c", 2],
+            "denoise": 1.0}},
+        "d": {"class_type": "SVDInbetweenWanDecode", "inputs": {"samples": ["s", 0], "vae": ["v", 0]}},
+        "p": {"class_type": "PreviewImage", "inputs": {"images": ["d", 0]}},
+    }
+    if v["anchors"]:
+        p["k"] = {"class_type": "EmptyImage", "inputs": {"width": v["image_w"], "height": v["image_h"],
+                                                         "batch_size": v["anchors"], "color": 0x66AA33}}
+        p["c"]["inputs"]["anchor_image"] = ["k", 0]
+    return p
+
+
+def prompt_wan_anchor(v: dict, weights: str) -> dict:
+    """Two EmptyImage clips (a flat frame in the forward one) -> Wan Anchor Frame -> the anchor previewed."""
+    return {
+        "f": {"class_type": "EmptyImage", "inputs": {"width": v["image_w"], "height": v["image_h"],
+                                                     "batch_size": v["forward"], "color": 0x3366AA}},
+        "r": {"class_type": "EmptyImage", "inputs": {"width": v["end_w"], "height": v["image_h"],
+                                                     "batch_size": v["reverse"], "color": 0xAA6633}},
+        "x": {"class_type": "SVDInbetweenWanAnchor", "inputs": {"forward_video": ["f", 0], "reverse_video": ["r", 0],
+                                                                "edge_frames": v["edge"], "lpips_net": v["net"]}},
+        "p": {"class_type": "PreviewImage", "inputs": {"images": ["x", 0]}},
+    }
+
+
 def strategies():
     """Per graph: every input drawn over its declared range (with its extremes), then up to two inputs replaced by
     what a client can send beyond it (negative, huge, NaN, off-grid, unknown names)."""
@@ -180,12 +223,31 @@ def strategies():
                  repeats=st.integers(0, 100)),
             dict(wild, frames=st.sampled_from([-1, 2, 2**70]), fraction=wild_number(), trf_fraction=wild_number(),
                  iterations=wild_int, repeats=wild_int)),
+        "wan": case(
+            dict(width=st.sampled_from([64, 80, 96, 16384]), height=st.sampled_from([64, 80, 96, 16384]),
+                 frames=st.one_of(st.integers(2, 14), st.just(4096)), layout=st.sampled_from(["separate", "inside"]),
+                 batch=st.integers(1, 2), strength=number(0, 1), anchor_strength=number(0, 1),
+                 position=st.one_of(st.just(-1), st.integers(0, 14)), anchors=st.integers(0, 2),
+                 image_w=image, image_h=image, end_w=image, seed=st.integers(0, 2**64 - 1),
+                 unet=st.sampled_from(["tiny", "wan2.1_flf2v_tiny"])),
+            dict(width=st.sampled_from([0, 8, 72, 16400, 2**40]), height=st.sampled_from([0, 8, 72, 16400]),
+                 frames=st.sampled_from([-1, 0, 1, 4097, 2**70]), layout=st.just("nope"), batch=wild_int,
+                 strength=wild_number(), anchor_strength=wild_number(), position=wild_int)),
+        "wan_anchor": case(
+            dict(forward=st.integers(1, 12), reverse=st.integers(1, 12), edge=st.integers(1, 6),
+                 net=st.just("alex"), image_w=st.integers(32, 96), image_h=st.integers(32, 96),
+                 end_w=st.integers(32, 96)),
+            dict(edge=wild_int, net=st.just("nope"), forward=st.sampled_from([1, 4096]))),
     }
 
 
 def expected_frames(kind: str, v: dict) -> int | None:
     if kind == "conditioning" or kind == "custom":
         return v["frames"]
+    if kind == "wan":
+        return v["frames"] * v["batch"]
+    if kind == "wan_anchor":
+        return 1
     counts = [int(p) for p in v["frames_text"].replace(";", ",").split(",") if p.strip()]
     segments = len(v["keyframes"]) - 1
     counts = counts * segments if len(counts) == 1 else counts
@@ -237,7 +299,8 @@ def job_fuzz(job: dict) -> dict:
             raise comfy.model_management.InterruptProcessingException()
         return apply_model(self, x, *args, **kwargs)
     comfy.model_base.BaseModel.apply_model = counted
-    builders = {"conditioning": prompt_conditioning, "chain": prompt_chain, "custom": prompt_custom}
+    builders = {"conditioning": prompt_conditioning, "chain": prompt_chain, "custom": prompt_custom,
+                "wan": prompt_wan, "wan_anchor": prompt_wan_anchor}
     counts: dict = {}
     failures = {}
     slow: list = []
