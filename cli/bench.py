@@ -7,7 +7,8 @@ max_abs_diff (among others).
 --cards: the memory of every workflow phase and what `auto` runs on 8..80 GB cards
 (meta device, no run). --check-accounting: run each execution once and print its measured
 peak next to the traced one (e.g. --arch full --dtype bf16 --width 512 --height 288
---frames 14 --steps 1 --recurrence 0 on a CPU).
+--frames 14 --steps 1 --recurrence 0 on a CPU). --wan: Anchor Frame Bridging against native first-last
+frame on Wan 2.1 (model calls, wall time, Wan2.1-I2V-14B memory per call, which cards run it).
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32")
     p.add_argument("--width", type=int, default=64)
     p.add_argument("--height", type=int, default=64)
-    p.add_argument("--frames", type=int, default=5)
+    p.add_argument("--frames", type=int, default=None,
+                   help="default 5; --wan: the native clip's frames, 1 (mod 4); AFB's clips have one and two more "
+                        "(default 81: 81 / 82 + 82 + 83, the authors' lengths; 21: 21 / 22 + 22 + 23, faster)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--recurrence", type=int, default=5)
     p.add_argument("--recurrence-ratio", type=float, default=0.5)
@@ -61,6 +64,14 @@ def add_parser(subparsers) -> None:
                         "wall/CPU time of one clip at --arch/--width/--height/--frames (median of --repeats) with "
                         "ratios against vibid, and (with --full-size-accounting) each mode's largest call in every "
                         "execution at SVD-XT 1024x576x25 fp16 for every mode (meta device, ~2-3 min on a CPU)")
+    p.add_argument("--wan", action="store_true",
+                   help="instead of the SVD schemes, Anchor Frame Bridging (forward + reverse + final pass, and with "
+                        "the reverse pass stopped at 15/50 of the steps) against ComfyUI's WanFirstLastFrameToVideo: "
+                        "model calls and evaluations per clip counted in the real graphs on a tiny random Wan 2.1 "
+                        "I2V at --steps, cfg 5 (checked against the formula, and the formula at 50 steps), their "
+                        "wall time (median of --repeats), and with --full-size-accounting the memory of one "
+                        "Wan2.1-I2V-14B call at 832x480 (fp16, fp8; meta device) and what fits 12-80 GB cards. "
+                        "Needs ComfyUI 0.8 or newer (~2-3 min on a 2-core CPU)")
     p.add_argument("--default-malloc", action="store_true",
                    help="with --check-accounting: keep glibc's default (dynamic) mmap threshold")
     p.set_defaults(func=run)
@@ -79,6 +90,9 @@ def setup_comfyui(path: str | None, cpu: bool) -> None:
 
 def run(args) -> int:
     setup_comfyui(args.comfyui, args.cpu)
+    if args.wan:
+        return wan(args)
+    args.frames = args.frames or 5
     if args.cards:
         from ..bench.workflow import SIZES, format_cards, workflow_accounting
         for line in format_cards([workflow_accounting(w, h, f) for w, h, f in SIZES]):
@@ -162,3 +176,36 @@ def schedules(args) -> int:
     for line in format_schedules(costs, memory, machine(), size):
         print(line)
     return 0
+
+
+def wan(args) -> int:
+    import json
+
+    from ..bench.runner import machine
+    from ..bench.wan import WanBenchUnsupported, count_and_time, counts_match, format_counts
+
+    n = args.frames or 81
+    if n % 4 != 1 or n < 5:
+        log.error("svd-inbetween bench --wan: --frames %d is no native first-last-frame count; use 1 (mod 4), "
+                  "e.g. 21 or 81", n)
+        return 2
+    frames = {"native": n, "forward": n + 1, "reverse": n + 1, "final": n + 2}
+    try:
+        result = count_and_time(args.steps, args.width, args.height, max(args.repeats, 1), args.seed, frames)
+    except WanBenchUnsupported as e:
+        log.error("%s", e)
+        return 2
+    for line in format_counts(result, machine()):
+        print(line)
+    if args.full_size:
+        from ..bench.wan_memory import cards, format_memory, wan_memory
+        memory = wan_memory()
+        result["memory"], result["cards"] = memory, cards(memory)
+        print()
+        for line in format_memory(memory, result["cards"]):
+            print(line)
+    print(json.dumps(result))
+    bad = [k for k, ok in counts_match(result).items() if not ok]
+    if bad:
+        log.error("svd-inbetween bench --wan: the counted model calls of %s differ from the formula", ", ".join(bad))
+    return 1 if bad else 0
