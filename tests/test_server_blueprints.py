@@ -23,7 +23,7 @@ PACK = "custom_nodes.svd_inbetween"
 MIN_BLUEPRINTS = {"Keyframes to Video (SVD Inbetween)", "Keyframe Chain to Video (SVD Inbetween)",
                   "Keyframes to Video (Wan, Anchor Frame Bridging)"}
 # what each blueprint exposes at least: the SVD ones a mode and its files, the Wan one its prompts and passes
-EXPOSED = {"SVD Inbetween": {"mode", "seed", "steps", "ckpt_name", "weights"},
+EXPOSED = {"Inbetween/SVD": {"mode", "seed", "steps", "ckpt_name", "weights"},
            "Inbetween/Wan": {"prompt", "reverse_prompt", "seed", "steps", "unet_name", "width", "height",
                              "reverse_stop_step"}}
 

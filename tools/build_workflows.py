@@ -232,7 +232,7 @@ BLUEPRINTS = {
 }
 # the value that leaves a setting to the mode (nodes/inputs.py)
 MODE_OWN = {"steps": 0, "cfg": 0.0}
-BLUEPRINT_CATEGORY = "SVD Inbetween"
+BLUEPRINT_CATEGORY = "Inbetween/SVD"
 # stable ids: a regenerated blueprint keeps its id, so a saved workflow using it still finds its definition
 BLUEPRINT_NAMESPACE = uuid.UUID("5b0c5e0e-6f1a-4c53-9b39-2f4f3d1e0a22")
 
