@@ -126,6 +126,29 @@ def test_sampling_is_deterministic_and_strength_matters(wan):
         assert torch.isfinite(ksampler(wan["flf_model"], pos, neg, latent)["samples"]).all()
 
 
+def test_wan22_a14b_two_experts_take_the_conditioning_without_clip_vision(wan):
+    """Wan2.2 I2V A14B: a high-noise and a low-noise expert (KSamplerAdvanced hands over at step 1 of 2), no CLIP
+    vision; the anchor's strength reaches both."""
+    import nodes
+    import tiny_wan as tw
+    high, low = tw.tiny_wan22_i2v_expert(5), tw.tiny_wan22_i2v_expert(6)
+    assert not high.model.image_to_video and high.model.diffusion_model.patch_embedding.weight.shape[1] == 36
+
+    def two_experts(strengths):
+        pos, neg, latent = keyframes(wan, 7, "separate", 1, strengths=strengths, clip=False)
+        assert "clip_vision_output" not in pos[0][1]
+        ksa = nodes.KSamplerAdvanced()
+        mid = ksa.sample(high, "enable", 3, 2, 3.0, "euler", "simple", pos, neg, latent, 0, 1, "enable")[0]
+        out = ksa.sample(low, "disable", 3, 2, 3.0, "euler", "simple", pos, neg, mid, 1, 10000, "disable")[0]
+        from svd_inbetween.nodes.wan import SVDInbetweenWanDecode
+        video = SVDInbetweenWanDecode.execute(out, wan["vae"]).args[0]
+        assert video.shape == (7, SIZE, SIZE, 3) and torch.isfinite(out["samples"]).all()
+        return out["samples"]
+    a = two_experts((1.0, 1.0, 1.0))
+    assert torch.equal(a, two_experts((1.0, 1.0, 1.0)))
+    assert (two_experts((1.0, 1.0, 0.0)) - a).abs().max() > 1e-4  # start, end, anchor strength
+
+
 def bad(wan, match, **kw):
     from svd_inbetween.samplers.validation import InbetweenInputError
     with pytest.raises(InbetweenInputError, match=match):

@@ -47,13 +47,13 @@ VAE_CONFIG = {"dim": VAE_DIM, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_bl
               "temperal_downsample": [False, True, True], "dropout": 0.0}
 
 
-def _wan_patcher(unet_config: dict, seed: int):
+def _wan_patcher(unet_config: dict, seed: int, config_class: str = "WAN21_I2V"):
     import comfy.model_management
     import comfy.model_patcher
     import comfy.ops
     import comfy.supported_models
 
-    mc = comfy.supported_models.WAN21_I2V(unet_config)
+    mc = getattr(comfy.supported_models, config_class)(unet_config)
     mc.set_inference_dtype(torch.float32, None)
     mc.custom_operations = comfy.ops.disable_weight_init
     model = mc.get_model({}, device=torch.device("cpu"))
@@ -66,6 +66,12 @@ def _wan_patcher(unet_config: dict, seed: int):
 def tiny_wan_i2v_model(seed: int = 0):
     """ModelPatcher around a tiny random Wan 2.1 I2V `WAN21` (fp32, weights on the CPU)."""
     return _wan_patcher(dict(WAN_CONFIG), seed)
+
+
+def tiny_wan22_i2v_expert(seed: int = 0):
+    """One expert of Wan2.2 I2V A14B as ComfyUI loads it: no CLIP image embedding (model_type t2v, what
+    model_detection says without img_emb.proj), 36 input channels (noise + mask + image latent), WAN21_T2V."""
+    return _wan_patcher(dict(WAN_CONFIG, model_type="t2v"), seed, "WAN21_T2V")
 
 
 def host_has_flf() -> bool:
