@@ -77,14 +77,16 @@ def host_ok() -> str | None:
     return None
 
 
-def tiny_wan_patcher(seed: int = 0, config: dict | None = None):
-    """ModelPatcher around a random `WAN21` I2V (fp32, CPU weights, ComfyUI's compute device)."""
+def wan_patcher(unet_config: dict, seed: int = 0, config_class: str = "WAN21_I2V"):
+    """ModelPatcher around a random Wan diffusion model made by ComfyUI's own model config class (`WAN21_I2V`;
+    `WAN21_T2V` with 36 input channels is Wan2.2 I2V A14B's expert): fp32, CPU weights, ComfyUI's compute device.
+    Also tests/tiny_wan.py's builder."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.ops
     import comfy.supported_models
 
-    mc = comfy.supported_models.WAN21_I2V(dict(config or TINY_WAN))
+    mc = getattr(comfy.supported_models, config_class)(dict(unet_config))
     mc.set_inference_dtype(torch.float32, None)
     mc.custom_operations = comfy.ops.disable_weight_init
     model = mc.get_model({}, device=torch.device("cpu"))
@@ -92,6 +94,11 @@ def tiny_wan_patcher(seed: int = 0, config: dict | None = None):
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=torch.device("cpu"))
+
+
+def tiny_wan_patcher(seed: int = 0, config: dict | None = None):
+    """The bench's tiny random Wan 2.1 I2V."""
+    return wan_patcher(config or TINY_WAN, seed)
 
 
 def tiny_wan_vae(seed: int = 2):

@@ -48,19 +48,8 @@ VAE_CONFIG = {"dim": VAE_DIM, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_bl
 
 
 def _wan_patcher(unet_config: dict, seed: int, config_class: str = "WAN21_I2V"):
-    import comfy.model_management
-    import comfy.model_patcher
-    import comfy.ops
-    import comfy.supported_models
-
-    mc = getattr(comfy.supported_models, config_class)(unet_config)
-    mc.set_inference_dtype(torch.float32, None)
-    mc.custom_operations = comfy.ops.disable_weight_init
-    model = mc.get_model({}, device=torch.device("cpu"))
-    init_random(model.diffusion_model, seed)
-    model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
-                                            offload_device=torch.device("cpu"))
+    from svd_inbetween.bench.wan import wan_patcher
+    return wan_patcher(unet_config, seed, config_class)
 
 
 def tiny_wan_i2v_model(seed: int = 0):
