@@ -12,6 +12,7 @@ from ..wan import anchor, pieces
 from ..wan.layout import LAYOUTS, LayoutError, place
 from .common import LPIPS_FOLDER, WAN_CATEGORY
 
+I2V_CHANNELS = 36
 LPIPS_CHUNK = 8  # frame pairs per LPIPS call: 81 pairs of 832x480 frames at once hold about a GB of AlexNet features
 LAYOUT_HELP = ("separate: every keyframe in a latent frame of its own (Anchor Frame Bridging's layout, for the Wan "
                "I2V models: Wan2.1 I2V 480P/720P, Wan2.2 I2V A14B); frames = keyframes (mod 4), e.g. 82 for start + "
@@ -37,6 +38,22 @@ def _check_images(images: list[tuple[str, torch.Tensor]], video: tuple[int, int]
         if img.shape[1:3] != first.shape[1:3] and tuple(img.shape[1:3]) != video:
             fail(name, f"is {img.shape[2]}x{img.shape[1]} but {first_name} is {first.shape[2]}x{first.shape[1]}: give "
                  f"every keyframe one size (ImageScale) so each is cropped the same way")
+
+
+def _check_model(model) -> None:
+    """An image-to-video Wan: WAN21 (Wan2.1 I2V / FLF2V, Wan2.2 I2V A14B) with 16 noise + 4 mask + 16 keyframe latent
+    input channels. A text-to-video Wan (16 channels) would take the conds and silently ignore the keyframes."""
+    import comfy.model_base
+    base = getattr(model, "model", None)
+    if not isinstance(base, comfy.model_base.WAN21):
+        fail("model", f"expects a Wan image-to-video model (Wan2.1 I2V or FLF2V, Wan2.2 I2V A14B), got "
+             f"{type(base if base is not None else model).__name__}")
+    weight = getattr(getattr(base.diffusion_model, "patch_embedding", None), "weight", None)
+    channels = weight.shape[1] if isinstance(weight, torch.Tensor) and weight.ndim == 5 else None
+    if channels is not None and channels != I2V_CHANNELS:
+        fail("model", f"takes {channels} input channels, but keyframes need an image-to-video Wan with {I2V_CHANNELS} "
+             f"(16 noise + 4 mask + 16 keyframe latent); a text-to-video model would ignore them: load an I2V or "
+             f"FLF2V model")
 
 
 def _clip_vision(start, end):
@@ -101,6 +118,9 @@ class SVDInbetweenWanKeyframes(io.ComfyNode):
                 io.Image.Input("anchor_image", optional=True,
                                tooltip="Keyframes between start and end, in time order (a batch): Wan Anchor "
                                        "Frame's anchor, or your own."),
+                io.Model.Input("model", optional=True,
+                               tooltip="The Wan model you sample with: checked before anything runs to be an "
+                                       "image-to-video Wan (a text-to-video one would ignore the keyframes)."),
                 io.ClipVisionOutput.Input("clip_vision_start_image", optional=True,
                                           tooltip="CLIP vision of the start image (the I2V and FLF2V models use it)."),
                 io.ClipVisionOutput.Input("clip_vision_end_image", optional=True,
@@ -117,7 +137,7 @@ class SVDInbetweenWanKeyframes(io.ComfyNode):
     @classmethod
     def execute(cls, positive, negative, vae, start_image, end_image, width, height, frames, layout, batch_size,
                 start_strength, end_strength, anchor_strength, anchor_position=-1, anchor_image=None,
-                clip_vision_start_image=None, clip_vision_end_image=None) -> io.NodeOutput:
+                clip_vision_start_image=None, clip_vision_end_image=None, model=None) -> io.NodeOutput:
         import node_helpers
         with labelled("SVDInbetweenWanKeyframes"):
             check_choice("layout", layout, LAYOUTS)
@@ -125,6 +145,8 @@ class SVDInbetweenWanKeyframes(io.ComfyNode):
             if anchor_image is not None:
                 named.append(("anchor_image", anchor_image))
             _check_images(named, (height, width))
+            if model is not None:
+                _check_model(model)
             if not pieces.is_wan21_vae(vae):
                 fail("vae", f"expects the Wan 2.1 VAE (16 latent channels, 4 frames per latent frame), got one with "
                      f"{getattr(vae, 'latent_channels', '?')} channels; load wan_2.1_vae.safetensors")

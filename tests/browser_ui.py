@@ -159,19 +159,25 @@ JS_PICK_RESULT = """(name) => {
 }"""
 
 
+SEARCH_SPOTS = ((700, 450), (560, 520), (820, 380), (640, 600), (700, 450))
+
+
 def open_search(page):
-    """Double-click on empty canvas opens the node search box (retried: a busy page can drop it)."""
+    """Double-click on empty canvas opens the node search box (retried, at other empty spots too: a busy page can
+    drop a double-click, and a toast or panel of a newly started frontend can sit on one spot)."""
     box = page.locator(SEARCH_INPUT).first
-    for _ in range(3):
-        page.mouse.click(700, 300)  # reset the canvas pointer state, then wait out the double-click window
+    for x, y in SEARCH_SPOTS:
+        page.mouse.click(x, y - 150)  # reset the canvas pointer state, then wait out the double-click window
         page.wait_for_timeout(500)
-        page.mouse.dblclick(700, 450)
+        page.mouse.dblclick(x, y)
         try:
             box.wait_for(state="visible", timeout=5_000)
             return box
         except Exception:  # playwright TimeoutError
             page.keyboard.press("Escape")
-    raise AssertionError("double-click on the empty canvas did not open the node search box (3 tries)")
+            page.wait_for_timeout(500)
+    raise AssertionError(f"double-click on the empty canvas did not open the node search box ({len(SEARCH_SPOTS)} "
+                         "tries)")
 
 
 def search_and_add(page, query: str, display_name: str) -> None:

@@ -11,11 +11,11 @@ SMALL_FRAMES = {"native": 9, "forward": 10, "reverse": 10, "final": 11}  # 3, 4,
 
 
 def test_counted_model_calls_equal_the_formula():
-    from svd_inbetween.bench.wan import count_and_time, counts_match, formula, host_ok
-    why = host_ok()
-    if why:
-        pytest.skip(why)
-    r = count_and_time(steps=2, width=64, height=64, repeats=1, frames=SMALL_FRAMES, warmup=False)
+    import tiny_wan
+    from svd_inbetween.bench.wan import count_and_time, counts_match, formula
+    # the tests' tiny VAE: it also builds on 0.3.64, whose Wan VAE branch fixes the width the bench's own cannot change
+    r = count_and_time(steps=2, width=64, height=64, repeats=1, frames=SMALL_FRAMES, warmup=False,
+                       vae=tiny_wan.tiny_wan_vae())
     assert r["stop"] == 1
     s = r["schemes"]
     # Euler: one apply_model call per step, cond and uncond batched in it (2 evaluations)
@@ -87,14 +87,16 @@ def test_card_rule():
     assert card_verdict(fmt, "afb", 6)["batch"] == 1 and card_verdict(fmt, "afb", 5)["mode"] == "no"
 
 
-def test_cli_bench_wan_last_line_is_json(capsys, monkeypatch):
+def test_cli_bench_wan_last_line_is_json(capsys, caplog, monkeypatch):
     import json
 
     import comfy.utils
     from svd_inbetween.bench.wan import host_ok
     from svd_inbetween.cli import main
-    if host_ok():
-        pytest.skip(host_ok())
+    if host_ok():  # 0.3.64: the command says why it cannot run there, and exits 2
+        assert main(["bench", "--wan", "--steps", "2", "--repeats", "1", "--no-full-size-accounting"]) == 2
+        assert "needs ComfyUI 0.8 or newer" in caplog.text
+        return
     monkeypatch.setattr(comfy.utils, "PROGRESS_BAR_ENABLED", comfy.utils.PROGRESS_BAR_ENABLED)
     assert main(["bench", "--wan", "--frames", "7"]) == 2  # not 1 (mod 4)
     rc = main(["bench", "--wan", "--frames", "5", "--steps", "2", "--repeats", "1", "--no-full-size-accounting"])

@@ -188,6 +188,8 @@ CONTRACTS = [
              check=lambda f: None if '"clip_vision_output"' in inspect.getsource(f)
              else "no longer reads clip_vision_output"),
     Contract("comfy.clip_vision:Output", "nodes/wan.py _clip_vision (start and end tokens side by side)"),
+    Contract("comfy.model_base:WAN21", "nodes/wan.py _check_model (isinstance; diffusion_model.patch_embedding's "
+             "input channels)", attrs=("concat_cond", "extra_conds")),
     Contract("node_helpers:conditioning_set_values", "nodes/wan.py SVDInbetweenWanKeyframes",
              params=("conditioning", "values")),
     Contract("comfy.model_management:intermediate_device", "nodes/wan.py (the empty latent's device)"),

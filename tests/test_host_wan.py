@@ -149,6 +149,23 @@ def test_wan22_a14b_two_experts_take_the_conditioning_without_clip_vision(wan):
     assert (two_experts((1.0, 1.0, 0.0)) - a).abs().max() > 1e-4  # start, end, anchor strength
 
 
+def test_the_model_input_refuses_what_would_ignore_the_keyframes(wan):
+    """Optional `model`: an image-to-video Wan passes (I2V, FLF2V, a Wan2.2 A14B expert); a text-to-video Wan (16
+    input channels: it would take the conds and drop the keyframes) and an SVD model are refused before any call."""
+    import tiny_models
+    import tiny_wan as tw
+    from svd_inbetween.samplers.validation import InbetweenInputError
+    for ok in (wan["model"], wan["flf_model"], tw.tiny_wan22_i2v_expert(5)):
+        if ok is not None:
+            keyframes(wan, 6, "separate", model=ok)
+    t2v = tw._wan_patcher(dict(tw.WAN_CONFIG, model_type="t2v", in_dim=16), 3, "WAN21_T2V")
+    with pytest.raises(InbetweenInputError, match=r"SVDInbetweenWanKeyframes: input 'model': takes 16 input channels, "
+                                                  r"but keyframes need an image-to-video Wan with 36"):
+        keyframes(wan, 6, "separate", model=t2v)
+    with pytest.raises(InbetweenInputError, match=r"input 'model': expects a Wan image-to-video model .* got SVD_img2vid"):
+        keyframes(wan, 6, "separate", model=tiny_models.tiny_svd_model())
+
+
 def bad(wan, match, **kw):
     from svd_inbetween.samplers.validation import InbetweenInputError
     with pytest.raises(InbetweenInputError, match=match):

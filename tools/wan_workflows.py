@@ -93,7 +93,7 @@ def keyframes_node(positive, start, end, clip_start, clip_end, frames: int, anch
     inputs = {"positive": positive, "negative": ["14", 0], "vae": ["11", 0], "start_image": start, "end_image": end,
               "width": WIDTH, "height": HEIGHT, "frames": frames, "layout": "separate", "batch_size": 1,
               "start_strength": 1.0, "end_strength": 1.0, "anchor_strength": 1.0, "anchor_position": position,
-              "clip_vision_start_image": clip_start, "clip_vision_end_image": clip_end}
+              "clip_vision_start_image": clip_start, "clip_vision_end_image": clip_end, "model": ["4", 0]}
     if anchor is not None:
         inputs["anchor_image"] = anchor
     return {"class_type": "SVDInbetweenWanKeyframes", "inputs": inputs}
