@@ -121,7 +121,10 @@ def prompt_custom(v: dict, weights: str) -> dict:
 
 
 def prompt_wan(v: dict, weights: str) -> dict:
-    """EmptyImage keyframes (and anchors) -> Wan Keyframes to Video -> KSampler -> Wan Keyframe Decode."""
+    """EmptyImage keyframes (and anchors) -> Wan Keyframes to Video -> KSampler -> Wan Keyframe Decode. frames "fit":
+    the smallest count that fits the layout and keyframes (so that some examples run to the end)."""
+    if v["frames"] == "fit":
+        v["frames"] = 6 + v["anchors"] if v["layout"] == "separate" else 9
     p = {
         "m": {"class_type": "SVDInbetweenTestTinyWanModel", "inputs": {"unet_name": v["unet"]}},
         "v": {"class_type": "SVDInbetweenTestTinyWanVAE", "inputs": {"vae_name": "tiny"}},
@@ -129,8 +132,8 @@ def prompt_wan(v: dict, weights: str) -> dict:
         "u": {"class_type": "SVDInbetweenTestTinyWanText", "inputs": {"text": "negative"}},
         "a": {"class_type": "EmptyImage", "inputs": {"width": v["image_w"], "height": v["image_h"], "batch_size": 1,
                                                      "color": 0x3366AA}},
-        "b": {"class_type": "EmptyImage", "inputs": {"width": v["end_w"], "height": v["image_h"], "batch_size": 1,
-                                                     "color": 0xAA6633}},
+        "b": {"class_type": "EmptyImage", "inputs": {"width": v["end_w"] or v["image_w"], "height": v["image_h"],
+                                                     "batch_size": 1, "color": 0xAA6633}},
         "c": {"class_type": "SVDInbetweenWanKeyframes", "inputs": {
             "positive": ["t", 0], "negative": ["u", 0], "vae": ["v", 0], "start_image": ["a", 0],
             "end_image": ["b", 0], "width": v["width"], "height": v["height"], "frames": v["frames"],
@@ -224,11 +227,12 @@ def strategies():
             dict(wild, frames=st.sampled_from([-1, 2, 2**70]), fraction=wild_number(), trf_fraction=wild_number(),
                  iterations=wild_int, repeats=wild_int)),
         "wan": case(
-            dict(width=st.sampled_from([64, 80, 96, 16384]), height=st.sampled_from([64, 80, 96, 16384]),
-                 frames=st.one_of(st.integers(2, 14), st.just(4096)), layout=st.sampled_from(["separate", "inside"]),
+            dict(width=st.sampled_from([64, 64, 80, 96, 16384]), height=st.sampled_from([64, 64, 80, 96, 16384]),
+                 frames=st.one_of(st.just("fit"), st.integers(2, 14), st.just(4096)),
+                 layout=st.sampled_from(["separate", "inside"]),
                  batch=st.integers(1, 2), strength=number(0, 1), anchor_strength=number(0, 1),
                  position=st.one_of(st.just(-1), st.integers(0, 14)), anchors=st.integers(0, 2),
-                 image_w=image, image_h=image, end_w=image, seed=st.integers(0, 2**64 - 1),
+                 image_w=image, image_h=image, end_w=st.one_of(st.none(), image), seed=st.integers(0, 2**64 - 1),
                  unet=st.sampled_from(["tiny", "wan2.1_flf2v_tiny"])),
             dict(width=st.sampled_from([0, 8, 72, 16400, 2**40]), height=st.sampled_from([0, 8, 72, 16400]),
                  frames=st.sampled_from([-1, 0, 1, 4097, 2**70]), layout=st.just("nope"), batch=wild_int,
