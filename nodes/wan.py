@@ -161,6 +161,8 @@ class SVDInbetweenWanKeyframes(io.ComfyNode):
             if not 1 <= batch_size <= 64:
                 fail("batch_size", f"must be in [1, 64], got {batch_size}")
             anchors = anchor_image.shape[0] if anchor_image is not None else 0
+            if anchor_position < -1:
+                fail("anchor_position", f"is a frame number, or -1 to spread the anchors evenly; got {anchor_position}")
             if anchor_position >= 0 and anchors != 1:
                 fail("anchor_position", f"places one anchor image, but anchor_image holds {anchors}; set -1 to "
                      f"spread them evenly")

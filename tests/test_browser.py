@@ -235,13 +235,16 @@ def pack_nodes(info: dict) -> dict:
 def test_node_search_finds_every_pack_node(ui):
     server, page, _, _, info, _ = ui
     for node_id, spec in sorted(pack_nodes(info).items()):
-        bui.blank_graph(page)
         words = spec["display_name"].split()
         query = " ".join(words[1:] or words).lower()
         query = query[:max(3, len(query) - 2)]  # part of the name, e.g. "inbetween recurrent eul"
-        bui.search_and_add(page, query, spec["display_name"])
-        page.wait_for_function("() => app.graph.nodes.length > 0", timeout=10_000)
-        added = page.evaluate("() => app.graph.nodes.map(n => n.type)")
+        for _ in range(2):  # once more on a blank graph if a dropped click left another node (1.58, a busy page)
+            bui.blank_graph(page)
+            bui.search_and_add(page, query, spec["display_name"])
+            page.wait_for_function("() => app.graph.nodes.length > 0", timeout=10_000)
+            added = page.evaluate("() => app.graph.nodes.map(n => n.type)")
+            if added == [node_id]:
+                break
         assert added == [node_id], f"search {query!r} then click: graph has {added}, wanted {node_id}"
     bui.blank_graph(page)
 

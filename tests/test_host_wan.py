@@ -181,6 +181,7 @@ def test_bad_input_is_an_error_naming_node_and_input(wan):
     bad(wan, r"input 'anchor_position': places one anchor image, but anchor_image holds 2", frames=14,
         layout="separate", anchors=2, position=5)
     bad(wan, r"input 'layout'", frames=9, layout="diagonal")
+    bad(wan, r"input 'anchor_position': is a frame number, or -1", frames=7, layout="separate", anchors=1, position=-5)
     bad(wan, r"input 'frames': makes a video of 5002 frames; a video has 3 to 4096", frames=5002, layout="separate")
     from svd_inbetween.nodes.wan import SVDInbetweenWanKeyframes
     from svd_inbetween.samplers.validation import InbetweenInputError
