@@ -233,11 +233,13 @@ def client_generator(args, manifest, frames_dir: str):
 
 def in_time(generated: int, frames: int) -> list[int]:
     """Which of a Wan clip's `generated` frames stand for the ground truth's `frames`: evenly in time, the first and
-    last (the keyframes) kept. A Wan clip (81-83 frames) spans the keyframe pair's whole window, as the AFB authors
-    generate 82/83 frames between frames 0 and 24 of a 25-frame clip."""
+    last (the keyframes) kept, as the ground truth's own window is cut (evaluation/data.py). A Wan clip (81-83 frames)
+    spans the keyframe pair's whole window, as the AFB authors generate 82/83 frames between frames 0 and 24 of a
+    25-frame clip."""
+    from ..evaluation.data import even_indices
     if frames < 2 or generated < 2:
         return list(range(min(frames, generated)))
-    return [round(i * (generated - 1) / (frames - 1)) for i in range(frames)]
+    return even_indices(0, generated - 1, frames)
 
 
 def fill_from_workflow(args) -> None:

@@ -96,9 +96,14 @@ def read_frames(source: str, indices: list[int]) -> np.ndarray:
     return np.stack([got[i] for i in indices])
 
 
+def even_indices(first: int, last: int, frames: int) -> list[int]:
+    """`frames` indices from `first` to `last`, both kept, evenly in time."""
+    return [int(i) for i in np.round(np.linspace(first, last, frames))]
+
+
 def clip_indices(pair: Pair, frames: int) -> list[int]:
     """Ground-truth frame indices matching the `frames` generated frames (first and last are the keyframes)."""
-    return [int(i) for i in np.round(np.linspace(pair.start, pair.end, frames))]
+    return even_indices(pair.start, pair.end, frames)
 
 
 def select_pairs(folder: str, window: int, stride: int | None = None, max_pairs: int | None = None,

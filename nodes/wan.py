@@ -6,6 +6,7 @@ import importlib.util
 import torch
 from comfy_api.latest import io
 
+from ..conditioning.keyframes import fit_image
 from ..samplers.request import FLOAT_BYTES, GIB, MAX_FRAMES, MAX_SIZE, MIN_SIZE, check_frames, check_size
 from ..samplers.validation import check_choice, fail, labelled
 from ..wan import anchor, pieces
@@ -18,12 +19,6 @@ LAYOUT_HELP = ("separate: every keyframe in a latent frame of its own (Anchor Fr
                "I2V models: Wan2.1 I2V 480P/720P, Wan2.2 I2V A14B); frames = keyframes (mod 4), e.g. 82 for start + "
                "end, 83 with one anchor. inside: keyframes inside the 4-frame latents, as ComfyUI's "
                "WanFirstLastFrameToVideo (what the Wan2.1 FLF2V model was trained on); frames = 1 (mod 4), e.g. 81.")
-
-
-def _fit(image: torch.Tensor, width: int, height: int) -> torch.Tensor:
-    """What ComfyUI's Wan nodes do to a keyframe: bilinear, centre-cropped to width x height."""
-    import comfy.utils
-    return comfy.utils.common_upscale(image[..., :3].movedim(-1, 1), width, height, "bilinear", "center").movedim(1, -1)
 
 
 def _check_images(images: list[tuple[str, torch.Tensor]], video: tuple[int, int] | None = None) -> None:
@@ -173,7 +168,7 @@ class SVDInbetweenWanKeyframes(io.ComfyNode):
                 fail(e.input_name, e.message)
             _check_fits(keyframes, width, height, batch_size)
         images = [start_image[:1]] + ([anchor_image] if anchors else []) + [end_image[-1:]]
-        images = torch.cat([_fit(i, width, height) for i in images])
+        images = torch.cat([fit_image(i, width, height, "crop") for i in images])  # as ComfyUI's Wan nodes crop
         strengths = (start_strength,) + (anchor_strength,) * anchors + (end_strength,)
         import comfy.model_management
         latent = torch.zeros([batch_size, pieces.WAN21_LATENT_CHANNELS, keyframes.latent_frames, height // 8,
