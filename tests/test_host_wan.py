@@ -235,20 +235,11 @@ def test_the_authors_schedule_is_simple_with_shift_5():
 
 
 @pytest.fixture(scope="module")
-def lpips_folder(tmp_path_factory):
-    """A random AlexNet in torchvision's file name, in a models/lpips folder the host knows (no download)."""
-    import folder_paths
-    import torchvision
-    import svd_inbetween
-    from svd_inbetween.evaluation.features import LPIPS_BACKBONES
-    svd_inbetween.register_model_folder()
-    folder = tmp_path_factory.mktemp("lpips")
-    torch.manual_seed(0)
-    torch.save(torchvision.models.alexnet(weights=None).state_dict(), os.path.join(folder, LPIPS_BACKBONES["alex"].filename))
-    paths, exts = folder_paths.folder_names_and_paths["lpips"]
-    folder_paths.folder_names_and_paths["lpips"] = ([str(folder)] + list(paths), exts)
-    yield folder
-    folder_paths.folder_names_and_paths["lpips"] = (paths, exts)
+def lpips_folder():
+    """A random AlexNet in torchvision's file name, first in the host's models/lpips (no download): the bench's."""
+    from svd_inbetween.bench.wan import random_lpips_backbone
+    with random_lpips_backbone(0):
+        yield
 
 
 def smooth(frames, seed):
