@@ -5,7 +5,6 @@ clip's frames with every keyframe at its place, the anchor is the reverse clip's
 any model call."""
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
